@@ -1,0 +1,71 @@
+//! Server configuration and the state every request handler shares.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use codestorage_store::Store;
+
+use crate::sync::SyncManager;
+
+/// Validated server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Plain-HTTP listen address.
+    pub listen: SocketAddr,
+    /// Permit plain-http and loopback upstreams (development and tests).
+    pub allow_http_upstream: bool,
+    /// Background refresh interval of mirrors.
+    pub sync_interval: Duration,
+    /// Largest upload-pack request body accepted (after decompression).
+    pub max_request_bytes: usize,
+}
+
+impl Config {
+    /// Defaults for `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allow_http_upstream: false,
+            sync_interval: Duration::from_secs(60),
+            max_request_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Shared server state.
+pub struct App {
+    /// Settings.
+    pub config: Config,
+    /// The object store.
+    pub store: Arc<Store>,
+    /// Mirror syncing.
+    pub sync: Arc<SyncManager>,
+    /// Set at shutdown: long-running work stops.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+impl App {
+    /// Open the store in `config.data_dir` and set up syncing.
+    pub fn open(config: Config) -> Result<Arc<App>, codestorage_store::StoreError> {
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let sync = SyncManager::new(
+            store.clone(),
+            config.allow_http_upstream,
+            config.sync_interval,
+            interrupt.clone(),
+        );
+        Ok(Arc::new(App {
+            config,
+            store,
+            sync,
+            interrupt,
+        }))
+    }
+}

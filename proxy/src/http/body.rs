@@ -1,0 +1,125 @@
+//! Request and response bodies: bounded reading (with gzip), fixed and streamed responses.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::sync::mpsc;
+
+/// The response body type of every handler.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Larger than allowed.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    /// The connection failed while reading.
+    #[error("reading the request body: {0}")]
+    Read(#[from] hyper::Error),
+    /// `Content-Encoding: gzip` but not valid gzip.
+    #[error("request body is not valid gzip: {0}")]
+    BadGzip(std::io::Error),
+    /// An encoding other than gzip.
+    #[error("unsupported content encoding {0:?}")]
+    Encoding(String),
+}
+
+/// Read a whole request body of at most `limit` bytes (after gzip decoding, if `encoding` says so).
+pub async fn read_limited(
+    mut body: Incoming,
+    limit: usize,
+    encoding: Option<&str>,
+) -> Result<Vec<u8>, BodyError> {
+    let mut raw = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if raw.len() + data.len() > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            raw.extend_from_slice(&data);
+        }
+    }
+    match encoding.map(str::trim) {
+        None | Some("") | Some("identity") => Ok(raw),
+        Some("gzip") | Some("x-gzip") => {
+            let mut out = Vec::new();
+            let mut decoder = flate2::read::GzDecoder::new(raw.as_slice()).take(limit as u64 + 1);
+            decoder.read_to_end(&mut out).map_err(BodyError::BadGzip)?;
+            if out.len() > limit {
+                return Err(BodyError::TooLarge(limit));
+            }
+            Ok(out)
+        }
+        Some(other) => Err(BodyError::Encoding(other.to_owned())),
+    }
+}
+
+/// A `Write` that sends its bytes through a bounded channel to a streamed response body, so
+/// blocking producers (pack generation) stream with bounded memory and stop when the client
+/// goes away.
+pub struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+impl ChannelWriter {
+    /// A writer and the body that streams what it writes (at most `depth` chunks in flight).
+    pub fn new(depth: usize) -> (ChannelWriter, Body) {
+        let (tx, rx) = mpsc::channel::<Bytes>(depth);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+        });
+        (
+            ChannelWriter {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            },
+            StreamBody::new(stream).boxed(),
+        )
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        let _ = self.send();
+    }
+}

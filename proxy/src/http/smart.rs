@@ -1,0 +1,219 @@
+//! Smart HTTP (gitprotocol-http): `info/refs?service=…` and the service POSTs, mapped onto
+//! the protocol engine. Handles `Git-Protocol`, gzip request bodies, the not-yet-synced gate
+//! and streaming; the engine itself runs on a blocking thread and writes into a bounded channel.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use codestorage_store::{Namespace, Repo, RepoName};
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use super::body::{Body, ChannelWriter, full, read_limited};
+use super::error::ApiError;
+use crate::app::App;
+use crate::protocol::pktline;
+use crate::protocol::upload_pack::{self, Context};
+use crate::sync::{Gate, SYNC_IN_PROGRESS};
+
+/// Which git endpoint a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `GET …/info/refs`.
+    InfoRefs,
+    /// `POST …/git-upload-pack`.
+    UploadPack,
+    /// `POST …/git-receive-pack`.
+    ReceivePack,
+}
+
+/// Split a request path into repository part and endpoint, if it is a git path.
+pub fn parse_path(path: &str) -> Option<(&str, Service)> {
+    let path = path.strip_prefix('/')?;
+    for (suffix, service) in [
+        ("/info/refs", Service::InfoRefs),
+        ("/git-upload-pack", Service::UploadPack),
+        ("/git-receive-pack", Service::ReceivePack),
+    ] {
+        if let Some(repo) = path.strip_suffix(suffix) {
+            return Some((repo, service));
+        }
+    }
+    None
+}
+
+/// Resolve the repository part (`team/project.git`, `x+ephemeral.git`) to a repository and namespace.
+fn resolve(app: &App, repo_part: &str) -> Result<(Arc<Repo>, Namespace), ApiError> {
+    let not_found = || ApiError::not_found(format!("repository '{repo_part}' not found"));
+    let base = repo_part.strip_suffix(".git").unwrap_or(repo_part);
+    let (name, ns) = match base.strip_suffix("+ephemeral") {
+        Some(n) => (n, Namespace::Ephemeral),
+        None => (base, Namespace::Default),
+    };
+    let name = RepoName::new(name).map_err(|_| not_found())?;
+    let repo = app.store.repo(name.as_str()).ok_or_else(not_found)?;
+    match app.sync.gate(&repo) {
+        Gate::Ready => Ok((repo, ns)),
+        Gate::Syncing => Err(ApiError::new(StatusCode::CONFLICT, SYNC_IN_PROGRESS)),
+        Gate::Failed(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("the first sync from the upstream failed: {e}"),
+        )),
+    }
+}
+
+fn wants_v2(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("git-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(':'))
+        .any(|kv| kv.trim() == "version=2")
+}
+
+fn no_cache(builder: http::response::Builder) -> http::response::Builder {
+    builder
+        .header(
+            header::CACHE_CONTROL,
+            "no-cache, max-age=0, must-revalidate",
+        )
+        .header(header::EXPIRES, "Fri, 01 Jan 1980 00:00:00 GMT")
+        .header(header::PRAGMA, "no-cache")
+}
+
+/// Handle a git endpoint.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    repo_part: &str,
+    service: Service,
+) -> Response<Body> {
+    let result = match service {
+        Service::InfoRefs => info_refs(&app, &req, repo_part).await,
+        Service::UploadPack => upload_pack(&app, req, repo_part).await,
+        Service::ReceivePack => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "pushing is not supported by this server yet",
+        )),
+    };
+    result.unwrap_or_else(|e| e.text())
+}
+
+async fn info_refs(
+    app: &Arc<App>,
+    req: &Request<Incoming>,
+    repo_part: &str,
+) -> Result<Response<Body>, ApiError> {
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
+    }
+    let service = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("service="))
+        .unwrap_or_default()
+        .to_owned();
+    let (repo, ns) = resolve(app, repo_part)?;
+    match service.as_str() {
+        "git-upload-pack" => {}
+        "git-receive-pack" => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "pushing is not supported by this server yet",
+            ));
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only the smart HTTP protocol is supported (service=git-upload-pack)",
+            ));
+        }
+    }
+    let view = repo.view();
+    let body = if wants_v2(req.headers()) {
+        upload_pack::v2::advertise()
+    } else {
+        let interrupt = AtomicBool::new(false);
+        let ctx = Context {
+            view,
+            ns,
+            interrupt: &interrupt,
+            notice: None,
+        };
+        let adv = tokio::task::block_in_place(|| upload_pack::v0::advertise(&ctx))
+            .map_err(ApiError::internal)?;
+        let mut body = Vec::with_capacity(adv.len() + 64);
+        pktline::line(&mut body, "# service=git-upload-pack");
+        pktline::flush(&mut body);
+        body.extend_from_slice(&adv);
+        body
+    };
+    no_cache(Response::builder())
+        .header(
+            header::CONTENT_TYPE,
+            "application/x-git-upload-pack-advertisement",
+        )
+        .body(full(body))
+        .map_err(ApiError::internal)
+}
+
+async fn upload_pack(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    repo_part: &str,
+) -> Result<Response<Body>, ApiError> {
+    if req.method() != http::Method::POST {
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
+    }
+    let (repo, ns) = resolve(app, repo_part)?;
+    let v2 = wants_v2(req.headers());
+    let encoding = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = read_limited(
+        req.into_body(),
+        app.config.max_request_bytes,
+        encoding.as_deref(),
+    )
+    .await
+    .map_err(|e| match e {
+        super::body::BodyError::TooLarge(_) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        super::body::BodyError::Read(_) => ApiError::bad_request(e.to_string()),
+        _ => ApiError::bad_request(e.to_string()),
+    })?;
+    let (mut writer, response_body) = ChannelWriter::new(8);
+    let view = repo.view();
+    let interrupt = app.interrupt.clone();
+    let name = repo.record().name;
+    tokio::task::spawn_blocking(move || {
+        let _span = tracing::info_span!("upload-pack", repo = %name, ns = %ns, v2).entered();
+        let ctx = Context {
+            view,
+            ns,
+            interrupt: &interrupt,
+            notice: None,
+        };
+        let result = if v2 {
+            upload_pack::v2::serve(&ctx, &body, &mut writer)
+        } else {
+            upload_pack::v0::serve(&ctx, &body, &mut writer)
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_client_error() => {
+                tracing::debug!(error = %e, "upload-pack request refused")
+            }
+            Err(e) => tracing::error!(error = %e, "upload-pack failed"),
+        }
+    });
+    no_cache(Response::builder())
+        .header(header::CONTENT_TYPE, "application/x-git-upload-pack-result")
+        .body(response_body)
+        .map_err(ApiError::internal)
+}

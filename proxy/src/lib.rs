@@ -1,0 +1,19 @@
+//! codestorage: a self-hosted git mirror that serves clones and fetches from its own store.
+//!
+//! # Layout
+//!
+//! - [`app`] — configuration and shared state.
+//! - [`server`] — the accept loop and graceful shutdown.
+//! - [`http`] — routing, smart-HTTP endpoints, REST API, error mapping.
+//! - [`protocol`] — pkt-line framing and the upload-pack engine (v0/v1/v2), over bytes.
+//! - [`sync`] — fetching from upstreams, scheduling, sync status.
+//! - [`cli`] — the client side of the `repo` subcommands.
+//! - [`time`] — timestamps.
+
+pub mod app;
+pub mod cli;
+pub mod http;
+pub mod protocol;
+pub mod server;
+pub mod sync;
+pub mod time;

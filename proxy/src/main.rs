@@ -1,0 +1,229 @@
+//! The `codestorage` binary: parse the command line, run the server or a client command, map
+//! the outcome to an exit code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use codestorage::app::{App, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "codestorage",
+    version,
+    about = "A self-hosted git mirror: serves clones from its own store"
+)]
+struct Cli {
+    /// Data directory (default: a per-user data directory).
+    #[arg(long, global = true, env = "CODESTORAGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The running server, for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "CODESTORAGE_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Plain-HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Permit plain-http and loopback upstreams (development only).
+        #[arg(long)]
+        allow_http_upstream: bool,
+        /// Seconds between background refreshes of each mirror (jittered).
+        #[arg(long, default_value_t = 60)]
+        sync_interval: u64,
+    },
+    /// Manage repositories on the running server.
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+    /// Verify the data directory (server stopped).
+    Fsck {
+        /// Rebuild the index from the files.
+        #[arg(long)]
+        rebuild: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Create a repository; with --upstream it mirrors that git URL.
+    Create {
+        /// Repository name.
+        name: String,
+        /// Upstream git URL to mirror.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Default branch of a local repository.
+        #[arg(long)]
+        default_branch: Option<String>,
+    },
+    /// Sync a mirror from its upstream now and wait for the result.
+    Sync {
+        /// Repository name.
+        name: String,
+    },
+    /// List repositories.
+    List,
+    /// Show a repository and its sync state (JSON).
+    Show {
+        /// Repository name.
+        name: String,
+    },
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("codestorage");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/codestorage"),
+        None => PathBuf::from("codestorage-data"),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
+    match cli.command {
+        Command::Serve {
+            listen,
+            allow_http_upstream,
+            sync_interval,
+        } => {
+            let mut config = Config::new(data_dir.clone());
+            config.listen = listen;
+            config.allow_http_upstream = allow_http_upstream;
+            config.sync_interval = Duration::from_secs(sync_interval.max(1));
+            let app = tokio::task::spawn_blocking(move || App::open(config))
+                .await?
+                .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, data_dir = %app.config.data_dir.display(), "codestorage serving");
+            println!("listening on http://{addr}");
+            codestorage::server::serve(listener, app, shutdown_signal()).await?;
+        }
+        Command::Repo { command } => {
+            let client = codestorage::cli::Client::new(&cli.server)?;
+            match command {
+                RepoCommand::Create {
+                    name,
+                    upstream,
+                    default_branch,
+                } => {
+                    let v = client
+                        .create(&name, upstream.as_deref(), default_branch.as_deref())
+                        .await?;
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                RepoCommand::Sync { name } => {
+                    let v = client.sync(&name, Duration::from_secs(3600)).await?;
+                    println!("{}", serde_json::to_string_pretty(&v["sync"])?);
+                }
+                RepoCommand::List => {
+                    for r in client.list().await? {
+                        let upstream = r["base_repo"]["url"].as_str().unwrap_or("-");
+                        println!(
+                            "{}\t{}",
+                            r["repo_id"].as_str().unwrap_or_default(),
+                            upstream
+                        );
+                    }
+                }
+                RepoCommand::Show { name } => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&client.show(&name).await?)?
+                    );
+                }
+            }
+        }
+        Command::Fsck { rebuild } => {
+            let report = tokio::task::spawn_blocking(move || {
+                codestorage_store::fsck::run(&data_dir, rebuild)
+            })
+            .await??;
+            for line in &report.notes {
+                println!("note: {line}");
+            }
+            for line in &report.problems {
+                println!("error: {line}");
+            }
+            if !report.problems.is_empty() {
+                anyhow::bail!("{} problem(s) found", report.problems.len());
+            }
+            println!(
+                "ok: {} repositories, {} packs, {} refs checked",
+                report.repos, report.packs, report.refs
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "codestorage=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

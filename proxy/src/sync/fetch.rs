@@ -1,0 +1,314 @@
+//! One sync run against an upstream: list its refs, fetch what we lack (our tips as haves),
+//! index the pack into a quarantine, verify it, and move the local refs by compare-and-swap.
+//!
+//! Blocking (gix's HTTP client is blocking): callers run it on a blocking thread.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+
+use bstr::ByteSlice;
+use codestorage_store::{
+    Expect, IngestOptions, Namespace, ObjectId, RefUpdate, RefValue, Repo, StoreError, Transaction,
+    refs,
+};
+use gix_protocol::handshake::Ref;
+use gix_transport::client::blocking_io::http;
+use gix_transport::{Protocol, Service};
+
+/// Why a sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The upstream URL is not usable.
+    #[error("invalid upstream URL: {0}")]
+    BadUrl(String),
+    /// The upstream URL is refused by policy (plain http or loopback without the dev switch).
+    #[error("{0}")]
+    Refused(String),
+    /// Talking to the upstream failed.
+    #[error("upstream {step} failed: {source}")]
+    Upstream {
+        /// What was being done.
+        step: &'static str,
+        /// The gix error.
+        #[source]
+        source: gix_error::Error,
+    },
+    /// The upstream is a SHA-256 repository.
+    #[error("the upstream is a SHA-256 repository; only SHA-1 repositories are supported")]
+    Sha256,
+    /// The store failed (including a pack that does not verify).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a successful run did.
+#[derive(Debug, Default, Clone)]
+pub struct Fetched {
+    /// Refs created or moved.
+    pub updated: usize,
+    /// Refs deleted.
+    pub deleted: usize,
+    /// Objects received.
+    pub objects: u32,
+    /// Some updates lost a race with a concurrent write; run again.
+    pub retry: bool,
+}
+
+/// Check an outbound URL against the policy: https only, and no loopback hosts, unless the
+/// development switch allows them.
+pub fn check_url(url: &str, allow_http: bool) -> Result<gix_url::Url, SyncError> {
+    let parsed = gix_url::Url::from_bytes(url.as_bytes().as_bstr())
+        .map_err(|e| SyncError::BadUrl(format!("{url}: {e}")))?;
+    match parsed.scheme {
+        gix_url::Scheme::Https => {}
+        gix_url::Scheme::Http if allow_http => {}
+        gix_url::Scheme::Http => {
+            return Err(SyncError::Refused(format!(
+                "plain http upstream {url} refused (start the server with --allow-http-upstream to permit it)"
+            )));
+        }
+        _ => {
+            return Err(SyncError::BadUrl(format!(
+                "{url}: only http(s) upstreams are supported"
+            )));
+        }
+    }
+    let host = parsed.host().unwrap_or_default().to_owned();
+    if host.is_empty() {
+        return Err(SyncError::BadUrl(format!("{url}: no host")));
+    }
+    if !allow_http && is_loopback(&host) {
+        return Err(SyncError::Refused(format!(
+            "loopback upstream {host} refused (start the server with --allow-http-upstream to permit it)"
+        )));
+    }
+    Ok(parsed)
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    if h.eq_ignore_ascii_case("localhost") || h.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    h.parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback() || ip.is_unspecified())
+        .unwrap_or(false)
+}
+
+/// The refs a mirror follows: `HEAD` (symbolic), `refs/heads/*`, `refs/tags/*`.
+#[derive(Debug, Default)]
+struct Remote {
+    refs: BTreeMap<String, ObjectId>,
+    head: Option<String>,
+}
+
+fn followed(name: &str) -> bool {
+    (name.starts_with("refs/heads/") || name.starts_with("refs/tags/"))
+        && refs::valid_ref_name(name)
+}
+
+fn collect(list: Vec<Ref>) -> Remote {
+    let mut remote = Remote::default();
+    for r in list {
+        match r {
+            Ref::Direct {
+                full_ref_name,
+                object,
+            } => {
+                if let Ok(name) = full_ref_name.to_str()
+                    && followed(name)
+                {
+                    remote.refs.insert(name.to_owned(), object);
+                }
+            }
+            Ref::Peeled {
+                full_ref_name, tag, ..
+            } => {
+                if let Ok(name) = full_ref_name.to_str()
+                    && followed(name)
+                {
+                    remote.refs.insert(name.to_owned(), tag);
+                }
+            }
+            Ref::Symbolic {
+                full_ref_name,
+                target,
+                tag,
+                object,
+            } => {
+                let (Ok(name), Ok(target)) = (full_ref_name.to_str(), target.to_str()) else {
+                    continue;
+                };
+                if name == "HEAD" {
+                    if followed(target) {
+                        remote.head = Some(target.to_owned());
+                    }
+                } else if followed(name) {
+                    remote.refs.insert(name.to_owned(), tag.unwrap_or(object));
+                }
+            }
+            Ref::Unborn {
+                full_ref_name,
+                target,
+            } => {
+                if let (Ok("HEAD"), Ok(target)) = (full_ref_name.to_str(), target.to_str())
+                    && followed(target)
+                {
+                    remote.head = Some(target.to_owned());
+                }
+            }
+        }
+    }
+    remote
+}
+
+fn upstream(step: &'static str) -> impl FnOnce(gix_error::Error) -> SyncError {
+    move |source| SyncError::Upstream { step, source }
+}
+
+/// Run one sync of `repo` from `url`.
+pub fn run(
+    repo: &Repo,
+    url: &str,
+    allow_http: bool,
+    interrupt: &AtomicBool,
+) -> Result<Fetched, SyncError> {
+    let parsed = check_url(url, allow_http)?;
+    let mut transport = http::connect::<http::reqwest::Remote>(parsed, Protocol::V2, false);
+    let mut progress = gix_utils::progress::Discard;
+    let hs = gix_protocol::handshake(
+        &mut transport,
+        Service::UploadPack,
+        |_| Ok(None),
+        vec![],
+        &mut progress,
+    )
+    .map_err(upstream("handshake"))?;
+    if let Some(format) = hs
+        .capabilities
+        .capability("object-format")
+        .and_then(|c| c.value())
+        && format != "sha1"
+    {
+        return Err(SyncError::Sha256);
+    }
+    let agent = ("agent", Some(crate::protocol::upload_pack::agent()));
+    let list = match hs.refs {
+        Some(refs) => refs,
+        None => {
+            let mut prefixes = gix_protocol::ls_refs::RefPrefixes::new();
+            prefixes.extend(["HEAD".into(), "refs/heads/".into(), "refs/tags/".into()]);
+            gix_protocol::LsRefsCommand::new(Some(prefixes), &hs.capabilities, agent.clone())
+                .invoke_blocking(&mut transport, &mut progress, false)
+                .map_err(upstream("ls-refs"))?
+        }
+    };
+    let remote = collect(list);
+    let view = repo.view();
+    let local = view.refs(Namespace::Default);
+
+    let wants: BTreeSet<ObjectId> = remote
+        .refs
+        .values()
+        .filter(|id| !view.packs.contains(id))
+        .copied()
+        .collect();
+    let mut quarantine = None;
+    let mut objects = 0;
+    if !wants.is_empty() {
+        let version = hs.server_protocol_version;
+        let mut features = gix_protocol::Command::Fetch.default_features(version, &hs.capabilities);
+        features.push(agent);
+        let mut args = gix_protocol::fetch::Arguments::new(version, features, false);
+        for w in &wants {
+            args.want(w);
+        }
+        let haves: BTreeSet<ObjectId> = local.values().filter_map(RefValue::id).collect();
+        for h in &haves {
+            args.have(h);
+        }
+        let mut reader = args
+            .send(&mut transport, true)
+            .map_err(|e| SyncError::Upstream {
+                step: "fetch",
+                source: gix_error::Error::from_error(e),
+            })?;
+        let response = gix_protocol::fetch::Response::from_line_reader(
+            version,
+            &mut reader,
+            true,
+            !haves.is_empty(),
+        )
+        .map_err(upstream("fetch response"))?;
+        if response.has_pack() {
+            reader.set_progress_handler(Some(Box::new(|_is_err, _msg| {
+                std::ops::ControlFlow::Continue(())
+            })));
+            let mut q = repo.receive_pack(&mut reader, IngestOptions::default(), interrupt)?;
+            let tips: Vec<ObjectId> = remote.refs.values().copied().collect();
+            q.verify(view.packs.clone(), Namespace::Default, &tips)?;
+            objects = q.pack().num_objects();
+            quarantine = Some(q);
+        }
+    }
+
+    // Updates: every followed ref that differs; deletions of followed refs gone upstream.
+    let mut updates = Vec::new();
+    for (name, id) in &remote.refs {
+        let current = local.get(name);
+        if current == Some(&RefValue::Direct(*id)) {
+            continue;
+        }
+        updates.push(RefUpdate {
+            name: name.clone(),
+            expect: current.cloned().map_or(Expect::Absent, Expect::Value),
+            new: Some(RefValue::Direct(*id)),
+        });
+    }
+    let mut deleted = 0;
+    for (name, value) in local.iter() {
+        if followed(name) && !remote.refs.contains_key(name) {
+            deleted += 1;
+            updates.push(RefUpdate {
+                name: name.clone(),
+                expect: Expect::Value(value.clone()),
+                new: None,
+            });
+        }
+    }
+    if let Some(head) = &remote.head {
+        let want = RefValue::Symbolic(head.clone());
+        let current = local.get("HEAD");
+        if current != Some(&want) {
+            updates.push(RefUpdate {
+                name: "HEAD".into(),
+                expect: current.cloned().map_or(Expect::Absent, Expect::Value),
+                new: Some(want),
+            });
+        }
+    }
+    if updates.is_empty() {
+        return Ok(Fetched {
+            objects,
+            ..Default::default()
+        });
+    }
+    let n = updates.len();
+    let outcome = repo.commit(Transaction {
+        ns: Namespace::Default,
+        updates,
+        who: "sync".into(),
+        atomic: false,
+        quarantine,
+    })?;
+    let failed = outcome.results.iter().filter(|r| r.is_err()).count();
+    for r in outcome.results.iter().filter_map(|r| r.as_ref().err()) {
+        tracing::debug!(error = %r, "sync ref update not applied");
+    }
+    Ok(Fetched {
+        updated: n - deleted - failed.min(n - deleted),
+        deleted,
+        objects,
+        retry: failed > 0,
+    })
+}

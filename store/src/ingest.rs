@@ -1,0 +1,269 @@
+//! Receiving packs: a quarantine per incoming pack, indexed as it streams in, then verified.
+//!
+//! A pack (from an upstream fetch or a push) is written and indexed into `tmp/q-*/` by gix
+//! (`Bundle::write_to_directory`: every object hashed, thin deltas completed against the store).
+//! [`Quarantine::verify`] then walks from the new tips: every object reachable from them must be
+//! in the quarantine or the store, and every object of the quarantine must have its closure present,
+//! so the store keeps the invariant "each stored object's closure is stored". Only
+//! [`crate::Repo::commit`] moves a quarantine into `objects/pack`; dropping one deletes it.
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use gix_hash::ObjectId;
+use gix_object::Kind;
+
+use crate::error::{Result, StoreError};
+use crate::objects::{EntryKind, TreeEntries, parse_commit, parse_tag};
+use crate::packs::{FindAdapter, ObjectReader, Pack, PackSet};
+use crate::refs::Namespace;
+
+/// Limits applied while indexing an untrusted pack.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestOptions {
+    /// Refuse single allocations above this many bytes (objects and deltas).
+    pub max_object_bytes: Option<usize>,
+    /// Threads used to resolve deltas.
+    pub threads: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            max_object_bytes: Some(1 << 30),
+            threads: 2,
+        }
+    }
+}
+
+/// The result of [`Quarantine::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The namespace the tips are for.
+    pub ns: Namespace,
+    /// The tips the walk started from.
+    pub tips: BTreeSet<ObjectId>,
+    /// Every object of the pack is reachable from the tips.
+    pub pack_reachable: bool,
+    /// Every store object the walk stopped at lies in a pack serving `ns`.
+    pub stops_in_ns: bool,
+}
+
+/// A received, indexed pack that is not yet part of the store.
+#[derive(Debug)]
+pub struct Quarantine {
+    dir: PathBuf,
+    pack: Arc<Pack>,
+    verified: Option<Verified>,
+}
+
+impl Quarantine {
+    /// Index `input` (a pack stream) into a new quarantine under `tmp_dir`, completing thin deltas
+    /// from `store`.
+    pub(crate) fn receive(
+        tmp_dir: &Path,
+        store: Arc<PackSet>,
+        input: &mut dyn BufRead,
+        opts: IngestOptions,
+        interrupt: &AtomicBool,
+    ) -> Result<Quarantine> {
+        let dir = tmp_dir.join(format!("q-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).map_err(StoreError::io("create quarantine", &dir))?;
+        // From here on, dropping `guard` removes the directory.
+        let mut guard = DirGuard(Some(dir.clone()));
+        let lookup = FindAdapter(std::cell::RefCell::new(ObjectReader::new(store)));
+        let options = gix_pack::bundle::write::Options {
+            thread_limit: Some(opts.threads.max(1)),
+            iteration_mode: gix_pack::data::input::Mode::Verify,
+            index_version: Default::default(),
+            alloc_limit_bytes: opts.max_object_bytes,
+            compression: gix_zlib::Compression::BEST_SPEED,
+        };
+        let outcome = gix_pack::Bundle::write_to_directory(
+            input,
+            Some(&dir),
+            &mut gix_utils::progress::Discard,
+            interrupt,
+            Some(lookup),
+            gix_hash::Kind::Sha1,
+            options,
+        )
+        .map_err(StoreError::git("index received pack"))?;
+        let data_path = outcome
+            .data_path
+            .ok_or_else(|| StoreError::Invalid("indexing produced no pack file".into()))?;
+        let name = data_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| StoreError::Invalid("pack file has no name".into()))?
+            .to_owned();
+        let pack = Arc::new(Pack::open(&dir, &name)?);
+        guard.0 = None;
+        Ok(Quarantine {
+            dir,
+            pack,
+            verified: None,
+        })
+    }
+
+    /// The quarantined pack.
+    pub fn pack(&self) -> &Arc<Pack> {
+        &self.pack
+    }
+
+    /// The outcome of the last [`Quarantine::verify`].
+    pub fn verified(&self) -> Option<&Verified> {
+        self.verified.as_ref()
+    }
+
+    /// Check connectivity: every object reachable from `tips` exists in the quarantine or in
+    /// `store`, and every quarantined object's closure exists. Errors name the first missing object.
+    pub fn verify(
+        &mut self,
+        store: Arc<PackSet>,
+        ns: Namespace,
+        tips: &[ObjectId],
+    ) -> Result<&Verified> {
+        let pack = self.pack.clone();
+        let mut walk = ClosureWalk {
+            reader: ObjectReader::with_extra(store.clone(), pack.clone()),
+            store,
+            pack,
+            visited: vec![false; self.pack.num_objects() as usize],
+            ns,
+            stops_in_ns: true,
+            buf: Vec::new(),
+            stack: Vec::new(),
+        };
+        for tip in tips {
+            walk.run(*tip)?;
+        }
+        let pack_reachable = walk.visited.iter().all(|v| *v);
+        if !pack_reachable {
+            // Objects the tips do not reach still need their closure, so that the store's
+            // invariant holds whatever later points at them.
+            for i in 0..self.pack.num_objects() {
+                let id = self.pack.oid_at(i);
+                walk.run(id)?;
+            }
+        }
+        self.verified = Some(Verified {
+            ns,
+            tips: tips.iter().copied().collect(),
+            pack_reachable,
+            stops_in_ns: walk.stops_in_ns,
+        });
+        self.verified.as_ref().ok_or(StoreError::Interrupted)
+    }
+
+    /// Detach the directory from this value so dropping it no longer deletes anything.
+    pub(crate) fn into_parts(mut self) -> (PathBuf, Arc<Pack>) {
+        let dir = std::mem::take(&mut self.dir);
+        (dir, self.pack.clone())
+    }
+}
+
+impl Drop for Quarantine {
+    fn drop(&mut self) {
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+struct ClosureWalk {
+    reader: ObjectReader,
+    store: Arc<PackSet>,
+    pack: Arc<Pack>,
+    visited: Vec<bool>,
+    ns: Namespace,
+    stops_in_ns: bool,
+    buf: Vec<u8>,
+    stack: Vec<(ObjectId, Option<Kind>)>,
+}
+
+impl ClosureWalk {
+    fn run(&mut self, root: ObjectId) -> Result<()> {
+        self.stack.push((root, None));
+        while let Some((id, expected)) = self.stack.pop() {
+            let Some(index) = self.pack.lookup(&id) else {
+                if !self.store.contains(&id) {
+                    return Err(StoreError::MissingObject(id));
+                }
+                if !self.store.contains_in(&id, self.ns) {
+                    self.stops_in_ns = false;
+                }
+                continue;
+            };
+            let slot = &mut self.visited[index as usize];
+            if *slot {
+                continue;
+            }
+            *slot = true;
+            let (kind, data) = self.reader.must_find(&id, &mut self.buf)?;
+            if let Some(expected) = expected
+                && expected != kind
+            {
+                return Err(StoreError::BadObject {
+                    id,
+                    reason: format!("expected a {expected}, found a {kind}"),
+                });
+            }
+            match kind {
+                Kind::Commit => {
+                    let info = parse_commit(data).ok_or_else(|| StoreError::BadObject {
+                        id,
+                        reason: "unparseable commit".into(),
+                    })?;
+                    self.stack.push((info.tree, Some(Kind::Tree)));
+                    for p in info.parents {
+                        self.stack.push((p, Some(Kind::Commit)));
+                    }
+                }
+                Kind::Tree => {
+                    let mut entries = TreeEntries::new(data);
+                    for (k, child, _) in entries.by_ref() {
+                        match k {
+                            EntryKind::Tree => {
+                                self.stack.push((child.to_owned(), Some(Kind::Tree)))
+                            }
+                            EntryKind::Blob => {
+                                self.stack.push((child.to_owned(), Some(Kind::Blob)))
+                            }
+                            EntryKind::Gitlink => {}
+                        }
+                    }
+                    if entries.malformed() {
+                        return Err(StoreError::BadObject {
+                            id,
+                            reason: "malformed tree".into(),
+                        });
+                    }
+                }
+                Kind::Tag => {
+                    let (target, target_kind) =
+                        parse_tag(data).ok_or_else(|| StoreError::BadObject {
+                            id,
+                            reason: "unparseable tag".into(),
+                        })?;
+                    self.stack.push((target, Some(target_kind)));
+                }
+                Kind::Blob => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! Repository records: what a repository is (name, default branch, upstream), as JSON files
+//! written atomically. They are durable truth; the index only caches them.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a mirrored repository comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UpstreamRecord {
+    /// The git URL fetched from and pushed to.
+    pub url: String,
+    /// Forge name as given at creation (`github`, `gitlab`, …), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Owner / namespace on the forge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Repository name on the forge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Host of a self-hosted forge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_host: Option<String>,
+    /// The upstream's default branch as given at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_branch: Option<String>,
+}
+
+/// A repository's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoRecord {
+    /// The generated id; also the name of the repository's directory.
+    pub id: String,
+    /// The repository name (validated by [`crate::RepoName`]).
+    pub name: String,
+    /// Creation time, unix seconds.
+    pub created_at: u64,
+    /// The default branch (short name), used for `HEAD` of local repositories.
+    pub default_branch: String,
+    /// The upstream, for mirrors; `None` for local-only repositories.
+    #[serde(default)]
+    pub upstream: Option<UpstreamRecord>,
+    /// When the first sync from the upstream succeeded (unix seconds); until then a mirror
+    /// serves nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_synced_at: Option<u64>,
+}

@@ -1,0 +1,87 @@
+//! The derived state of a repository: its ref tables and its pack catalog, and how a journal
+//! transaction changes them. Pure data; both the index (sled) and the in-memory view are
+//! rebuilt by folding journal transactions through [`RepoState::apply`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::journal::TxRecord;
+use crate::refs::{Namespace, RefTable};
+
+/// A pack as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackEntry {
+    /// File stem, `pack-<hex>`.
+    pub name: String,
+    /// The namespaces whose refs this pack was ingested for.
+    pub namespaces: Vec<Namespace>,
+}
+
+/// Catalog and journal position of a repository (refs are kept separately, per ref).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Catalog {
+    /// Byte offset in the journal up to which this state is applied.
+    pub journal_pos: u64,
+    /// Sequence number of the last applied transaction.
+    pub journal_seq: u64,
+    /// Packs in the order they were added.
+    pub packs: Vec<PackEntry>,
+    /// Per namespace: are the objects of its packs exactly the closure of its refs?
+    pub closed: BTreeMap<Namespace, bool>,
+}
+
+/// Catalog plus ref tables.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RepoState {
+    /// The pack catalog and journal position.
+    pub catalog: Catalog,
+    /// The refs of each namespace.
+    pub refs: BTreeMap<Namespace, RefTable>,
+}
+
+impl Catalog {
+    /// Whether `ns` may use the full-clone fast path.
+    pub fn is_closed(&self, ns: Namespace) -> bool {
+        // A namespace nobody wrote to is empty, and an empty set is its own closure.
+        self.closed.get(&ns).copied().unwrap_or(true)
+    }
+
+    /// Apply the catalog part of `tx`, which ends at journal offset `end`.
+    pub fn apply(&mut self, tx: &TxRecord, end: u64) {
+        if let Some(pack) = &tx.pack {
+            match self.packs.iter_mut().find(|p| &p.name == pack) {
+                Some(entry) => {
+                    if !entry.namespaces.contains(&tx.ns) {
+                        entry.namespaces.push(tx.ns);
+                    }
+                }
+                None => self.packs.push(PackEntry {
+                    name: pack.clone(),
+                    namespaces: vec![tx.ns],
+                }),
+            }
+        }
+        self.closed.insert(tx.ns, tx.closed);
+        self.journal_pos = end;
+        self.journal_seq = tx.seq;
+    }
+}
+
+impl RepoState {
+    /// Apply `tx`, which ends at journal offset `end`.
+    pub fn apply(&mut self, tx: &TxRecord, end: u64) {
+        self.catalog.apply(tx, end);
+        let table = self.refs.entry(tx.ns).or_default();
+        for (name, _old, new) in &tx.updates {
+            match new {
+                Some(v) => {
+                    table.insert(name.clone(), v.clone());
+                }
+                None => {
+                    table.remove(name);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! End-to-end tests: real `git` clients against the real `codestorage` binary, mirroring a real
+//! git server (`git http-backend` as CGI on loopback). git is the oracle: refs must equal the
+//! upstream's and `git fsck --strict` must pass.
+//!
+//! Before running: `cargo build --workspace` (the tests spawn `target/<profile>/codestorage`, or
+//! `$CODESTORAGE_BIN`). Every test gets its own temp dirs and ports, so they run in parallel.
+//! `E2E_KEEP=1` keeps the temp dirs; `RUST_LOG` is passed to the server.
+
+mod support;
+
+/// The harness itself, against the upstream directly (no codestorage): the CGI bridge, fault
+/// knobs, pack capture and the hand-made request bodies.
+mod harness;
+
+/// Clones through codestorage: protocols v0/v2, ls-remote, shallow, partial, empty repos, names
+/// with `/`.
+mod clone;
+
+/// Fetches after the upstream moves: new commits, force-pushes, deleted branches, tag following,
+/// and the exact object set of incremental fetches.
+mod fetch;
+
+/// Sync behaviour: the first-sync window (409), failed syncs (502), clones while a sync lands,
+/// no upstream traffic for no-op fetches, serving the last good state.
+mod sync;
+
+/// The REST API: create, list, show, pull-upstream and their errors.
+mod rest;
+
+/// The `codestorage` CLI: `repo create/list/show/sync` and `fsck`.
+mod cli;
+
+/// Bad input on the git and REST endpoints: answered cleanly, changing nothing.
+mod bad_input;
+
+/// Killing the server mid-sync: the data dir stays consistent and the next sync recovers.
+mod crash;
