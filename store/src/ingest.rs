@@ -141,14 +141,17 @@ impl Quarantine {
         for tip in tips {
             walk.run(*tip)?;
         }
-        let pack_reachable = walk.visited.iter().all(|v| *v);
-        if !pack_reachable {
-            // Objects the tips do not reach still need their closure, so that the store's
-            // invariant holds whatever later points at them.
-            for i in 0..self.pack.num_objects() {
-                let id = self.pack.oid_at(i);
-                walk.run(id)?;
-            }
+        // Copies of objects the store already holds do not count: they add nothing.
+        let unreached: Vec<ObjectId> = (0..self.pack.num_objects())
+            .filter(|i| !walk.visited[*i as usize])
+            .map(|i| self.pack.oid_at(i))
+            .filter(|id| !walk.store.contains(id))
+            .collect();
+        let pack_reachable = unreached.is_empty();
+        // Objects the tips do not reach still need their closure, so that the store's
+        // invariant holds whatever later points at them.
+        for id in unreached {
+            walk.run(id)?;
         }
         self.verified = Some(Verified {
             ns,
@@ -199,14 +202,16 @@ impl ClosureWalk {
     fn run(&mut self, root: ObjectId) -> Result<()> {
         self.stack.push((root, None));
         while let Some((id, expected)) = self.stack.pop() {
-            let Some(index) = self.pack.lookup(&id) else {
-                if !self.store.contains(&id) {
-                    return Err(StoreError::MissingObject(id));
-                }
+            // Objects the store has already have their closure there: the walk stops at them
+            // (including the bases a thin pack's completion appended, which are copies).
+            if self.store.contains(&id) {
                 if !self.store.contains_in(&id, self.ns) {
                     self.stops_in_ns = false;
                 }
                 continue;
+            }
+            let Some(index) = self.pack.lookup(&id) else {
+                return Err(StoreError::MissingObject(id));
             };
             let slot = &mut self.visited[index as usize];
             if *slot {

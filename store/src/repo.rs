@@ -6,12 +6,12 @@
 //! (fsynced), appends the transaction to the journal (fsynced), and only then publishes the new
 //! view and updates the index. A crash at any point leaves either the old or the new state.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gix_hash::ObjectId;
 use gix_object::Kind;
@@ -143,7 +143,13 @@ pub struct Repo {
     record: RwLock<RepoRecord>,
     writer: Mutex<Writer>,
     view: RwLock<Arc<View>>,
+    /// Tips refs held until recently, per namespace: a stateless client may fetch what it saw
+    /// in an advertisement made just before a ref moved.
+    recent: Mutex<VecDeque<(Instant, Namespace, ObjectId)>>,
 }
+
+/// How long a ref's former value stays fetchable after the ref moved.
+pub const RECENT_TIPS_GRACE: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for Repo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,6 +236,7 @@ impl Repo {
             record: RwLock::new(record),
             writer: Mutex::new(Writer { journal, state }),
             view: RwLock::new(Arc::new(view)),
+            recent: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -249,6 +256,31 @@ impl Repo {
         );
         self.publish(next);
         Ok(())
+    }
+
+    /// Former ref values of `ns` that are still fetchable (see [`RECENT_TIPS_GRACE`]).
+    pub fn recent_tips(&self, ns: Namespace) -> Vec<ObjectId> {
+        let mut recent = lock(&self.recent);
+        while recent
+            .front()
+            .is_some_and(|(t, _, _)| t.elapsed() > RECENT_TIPS_GRACE)
+        {
+            recent.pop_front();
+        }
+        recent
+            .iter()
+            .filter(|(_, n, _)| *n == ns)
+            .map(|(_, _, id)| *id)
+            .collect()
+    }
+
+    fn remember_tips(&self, ns: Namespace, tips: impl Iterator<Item = ObjectId>) {
+        let mut recent = lock(&self.recent);
+        let now = Instant::now();
+        recent.extend(tips.map(|id| (now, ns, id)));
+        while recent.len() > 10_000 {
+            recent.pop_front();
+        }
     }
 
     fn publish(&self, next: View) {
@@ -388,6 +420,12 @@ impl Repo {
         };
         let next = View::new(packs, refs, w.state.catalog.clone(), commit_graph);
         self.publish(next);
+        self.remember_tips(
+            tx.ns,
+            applied
+                .iter()
+                .filter_map(|u| table.get(&u.name).and_then(RefValue::id)),
+        );
         Ok(TxOutcome {
             results,
             seq: Some(record.seq),

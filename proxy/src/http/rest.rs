@@ -271,13 +271,28 @@ fn base_repo_json(repo: &Repo) -> Value {
     }
 }
 
+/// The default branch: where `HEAD` points (a mirror follows its upstream's), else the record's.
+fn default_branch(repo: &Repo) -> String {
+    match repo
+        .view()
+        .refs(codestorage_store::Namespace::Default)
+        .get("HEAD")
+    {
+        Some(codestorage_store::RefValue::Symbolic(target)) => target
+            .strip_prefix("refs/heads/")
+            .unwrap_or(target)
+            .to_owned(),
+        _ => repo.record().default_branch,
+    }
+}
+
 fn summary(repo: &Repo) -> Value {
     let r = repo.record();
     json!({
         "repo_id": r.name,
         "name": r.name,
         "url": r.name,
-        "default_branch": r.default_branch,
+        "default_branch": default_branch(repo),
         "created_at": rfc3339(r.created_at),
         "base_repo": base_repo_json(repo),
     })

@@ -141,6 +141,7 @@ async fn info_refs(
             ns,
             interrupt: &interrupt,
             notice: None,
+            recent_tips: Vec::new(),
         };
         let adv = tokio::task::block_in_place(|| upload_pack::v0::advertise(&ctx))
             .map_err(ApiError::internal)?;
@@ -189,6 +190,7 @@ async fn upload_pack(
     })?;
     let (mut writer, response_body) = ChannelWriter::new(8);
     let view = repo.view();
+    let recent_tips = repo.recent_tips(ns);
     let interrupt = app.interrupt.clone();
     let name = repo.record().name;
     tokio::task::spawn_blocking(move || {
@@ -198,6 +200,7 @@ async fn upload_pack(
             ns,
             interrupt: &interrupt,
             notice: None,
+            recent_tips,
         };
         let result = if v2 {
             upload_pack::v2::serve(&ctx, &body, &mut writer)

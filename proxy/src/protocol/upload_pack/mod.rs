@@ -38,6 +38,9 @@ pub struct Context<'a> {
     pub interrupt: &'a AtomicBool,
     /// A warning to show the client as `remote:` progress (e.g. stale mirror).
     pub notice: Option<String>,
+    /// Former ref values still fetchable: a stateless client may want what it saw in an
+    /// advertisement made just before a ref moved.
+    pub recent_tips: Vec<ObjectId>,
 }
 
 /// Why a request failed.
@@ -81,7 +84,11 @@ pub fn agent() -> String {
 /// Refuse wants that do not exist or are not reachable from the namespace's refs.
 fn check_wants(ctx: &Context<'_>, wants: &[ObjectId]) -> Result<(), Error> {
     let refs = ctx.view.refs(ctx.ns);
-    let tips: Vec<ObjectId> = refs.values().filter_map(|v| v.id()).collect();
+    let tips: Vec<ObjectId> = refs
+        .values()
+        .filter_map(|v| v.id())
+        .chain(ctx.recent_tips.iter().copied())
+        .collect();
     let tip_set: std::collections::HashSet<ObjectId> = tips.iter().copied().collect();
     let closed = ctx.view.catalog.is_closed(ctx.ns);
     let mut doubtful = Vec::new();
