@@ -154,10 +154,12 @@ fn check_repo(dir: &Path, report: &mut Report) -> Option<(String, RepoState)> {
             }
         }
     }
-    if let Err(e) = crate::graph::CommitGraph::open(&dir.join("objects")) {
-        report
-            .problems
-            .push(format!("{name}: commit graph unreadable: {e}"));
+    let graph = crate::graph::CommitGraph::open(&dir.join("objects"))
+        .and_then(|g| g.map(|g| g.verify()).transpose());
+    if let Err(e) = graph {
+        report.problems.push(format!(
+            "{name}: commit graph is damaged ({e}); run fsck --rebuild"
+        ));
     }
     Some((record.id, state))
 }

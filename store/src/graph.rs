@@ -248,6 +248,15 @@ impl CommitGraph {
         self.layers.len()
     }
 
+    /// Verify every layer's trailing checksum (fsck).
+    pub fn verify(&self) -> Result<(), Error> {
+        for layer in &self.layers {
+            let path = layer.file.path().to_owned();
+            layer.file.verify_checksum().map_err(gix_err(&path))?;
+        }
+        Ok(())
+    }
+
     /// Whether `id` is in the graph: a binary search per layer, no allocation.
     pub fn contains(&self, id: &oid) -> bool {
         find(&self.layers, id).is_some()
