@@ -179,7 +179,8 @@ pub fn write_pack(
             )))?;
             let body = slice(pack, entry.data_offset, end)?;
             let here = out.pos;
-            let base_id = match entry.header {
+            // The base of a delta, if it is one: (id, where its copy in this pack was written).
+            let base = match entry.header {
                 Header::OfsDelta { base_distance } => {
                     let base_offset =
                         entry
@@ -193,36 +194,50 @@ pub fn write_pack(
                             pack.name()
                         ))
                     })?;
-                    Some(pack.oid_at(pack.by_offset()[base_pos].1))
+                    let written = new_offsets[i][base_pos];
+                    if written != 0 && opts.ofs_delta {
+                        // The common case: the base was just sent from this pack.
+                        Some((None, Some(written)))
+                    } else {
+                        Some((Some(pack.oid_at(pack.by_offset()[base_pos].1)), None))
+                    }
                 }
-                Header::RefDelta { base_id } => Some(base_id),
+                Header::RefDelta { base_id } => Some((Some(base_id), None)),
                 _ => None,
             };
-            match base_id {
+            match base {
                 None => {
                     out.put(slice(pack, offset, end)?)?;
                     stats.reused += 1;
                 }
-                Some(base) => {
-                    let base_loc = chosen.locate(&base).and_then(|l| {
-                        packs[l.pack]
-                            .position_of_offset(l.offset)
-                            .map(|p| (l.pack, p))
-                    });
-                    let base_selected = base_loc.is_some_and(|(bi, bp)| selected[bi][bp]);
-                    let base_written = base_loc
-                        .map(|(bi, bp)| new_offsets[bi][bp])
-                        .filter(|o| *o != 0);
-                    let header = match (base_written, base_selected) {
-                        (Some(base_at), _) if opts.ofs_delta => Some(Header::OfsDelta {
+                Some((base, written_here)) => {
+                    let header = match (base, written_here) {
+                        (_, Some(base_at)) => Some(Header::OfsDelta {
                             base_distance: here - base_at,
                         }),
-                        (_, true) => Some(Header::RefDelta { base_id: base }),
-                        (_, false) if opts.thin && client_has(&base) => {
-                            stats.thin_deltas += 1;
-                            Some(Header::RefDelta { base_id: base })
+                        (None, None) => None,
+                        (Some(base), None) => {
+                            let base_loc = chosen.locate(&base).and_then(|l| {
+                                packs[l.pack]
+                                    .position_of_offset(l.offset)
+                                    .map(|p| (l.pack, p))
+                            });
+                            let base_selected = base_loc.is_some_and(|(bi, bp)| selected[bi][bp]);
+                            let base_written = base_loc
+                                .map(|(bi, bp)| new_offsets[bi][bp])
+                                .filter(|o| *o != 0);
+                            match (base_written, base_selected) {
+                                (Some(base_at), _) if opts.ofs_delta => Some(Header::OfsDelta {
+                                    base_distance: here - base_at,
+                                }),
+                                (_, true) => Some(Header::RefDelta { base_id: base }),
+                                (_, false) if opts.thin && client_has(&base) => {
+                                    stats.thin_deltas += 1;
+                                    Some(Header::RefDelta { base_id: base })
+                                }
+                                _ => None,
+                            }
                         }
-                        _ => None,
                     };
                     match header {
                         Some(h) => {
