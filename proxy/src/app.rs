@@ -23,6 +23,8 @@ pub struct Config {
     pub sync_interval: Duration,
     /// Largest upload-pack request body accepted (after decompression).
     pub max_request_bytes: usize,
+    /// Bounds on pushes.
+    pub push_limits: crate::protocol::receive_pack::local::Limits,
 }
 
 impl Config {
@@ -34,6 +36,7 @@ impl Config {
             allow_http_upstream: false,
             sync_interval: Duration::from_secs(60),
             max_request_bytes: 32 << 20,
+            push_limits: Default::default(),
         }
     }
 }

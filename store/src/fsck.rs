@@ -309,7 +309,8 @@ fn check_index(root: &Path, states: &[(String, RepoState)], report: &mut Report)
             .push("the index does not exist yet (it is built at start)".into());
         return;
     }
-    let index = match crate::index::Index::open(&path) {
+    let opened = crate::index::Index::open_waiting(&path, std::time::Duration::from_secs(3));
+    let index = match opened {
         Ok(i) => i,
         Err(e) => {
             report.problems.push(format!(

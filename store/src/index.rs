@@ -83,6 +83,22 @@ impl Index {
         })
     }
 
+    /// Like [`Index::open`], but while another handle still holds the lock (sled releases it
+    /// from a background thread shortly after a close), retry for up to `max_wait`.
+    pub fn open_waiting(path: &Path, max_wait: std::time::Duration) -> Result<Index, IndexError> {
+        let start = std::time::Instant::now();
+        loop {
+            match Index::open(path) {
+                Err(IndexError::Sled(sled::Error::Io(e)))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < max_wait =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Insert or replace a repository record and its name mapping.
     pub fn put_record(&self, rec: &RepoRecord) -> Result<(), IndexError> {
         let json = serde_json::to_vec(rec).map_err(|e| decode_err(&rec.id, e))?;

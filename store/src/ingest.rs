@@ -63,7 +63,41 @@ pub struct Quarantine {
 impl Quarantine {
     /// Index `input` (a pack stream) into a new quarantine under `tmp_dir`, completing thin deltas
     /// from `store`.
+    /// `Ok(None)` for a pack without objects (what git sends when the receiver has them all).
     pub(crate) fn receive(
+        tmp_dir: &Path,
+        store: Arc<PackSet>,
+        input: &mut dyn BufRead,
+        opts: IngestOptions,
+        interrupt: &AtomicBool,
+    ) -> Result<Option<Quarantine>> {
+        let mut header = [0u8; 12];
+        input
+            .read_exact(&mut header)
+            .map_err(|e| StoreError::Invalid(format!("pack header: {e}")))?;
+        let (_, count) =
+            gix_pack::data::header::decode(&header).map_err(StoreError::git("read pack header"))?;
+        if count == 0 {
+            let mut trailer = [0u8; 20];
+            input
+                .read_exact(&mut trailer)
+                .map_err(|e| StoreError::Invalid(format!("pack trailer: {e}")))?;
+            let mut h = gix_hash::hasher(gix_hash::Kind::Sha1);
+            h.update(&header);
+            let sum = h
+                .try_finalize()
+                .map_err(StoreError::git("hash pack header"))?;
+            if sum.as_bytes() != trailer {
+                return Err(StoreError::Invalid("pack checksum mismatch".into()));
+            }
+            return Ok(None);
+        }
+        let mut input =
+            std::io::BufReader::with_capacity(64 << 10, std::io::Read::chain(&header[..], input));
+        Self::receive_objects(tmp_dir, store, &mut input, opts, interrupt).map(Some)
+    }
+
+    fn receive_objects(
         tmp_dir: &Path,
         store: Arc<PackSet>,
         input: &mut dyn BufRead,

@@ -311,13 +311,14 @@ impl Repo {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Index an incoming pack into a new quarantine (not yet visible to anyone).
+    /// Index an incoming pack into a new quarantine (not yet visible to anyone); `None` for a
+    /// pack without objects.
     pub fn receive_pack(
         &self,
         input: &mut dyn BufRead,
         opts: IngestOptions,
         interrupt: &AtomicBool,
-    ) -> Result<Quarantine> {
+    ) -> Result<Option<Quarantine>> {
         Quarantine::receive(
             &self.dir.join("tmp"),
             self.view().packs.clone(),

@@ -123,3 +123,52 @@ impl Drop for ChannelWriter {
         let _ = self.send();
     }
 }
+
+/// A blocking `Read` over a request body that a task forwards through a bounded channel, so a
+/// push streams into blocking ingest code with bounded memory.
+pub struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    /// Start forwarding `body` (at most `depth` frames in flight).
+    pub fn spawn(mut body: Incoming, depth: usize) -> ChannelReader {
+        let (tx, rx) = mpsc::channel(depth);
+        tokio::spawn(async move {
+            while let Some(frame) = body.frame().await {
+                let item = match frame {
+                    Ok(f) => match f.into_data() {
+                        Ok(data) => Ok(data),
+                        Err(_) => continue,
+                    },
+                    Err(e) => Err(std::io::Error::other(e)),
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}

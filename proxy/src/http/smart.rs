@@ -9,10 +9,11 @@ use codestorage_store::{Namespace, Repo, RepoName};
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::body::{Body, ChannelWriter, full, read_limited};
+use super::body::{Body, ChannelReader, ChannelWriter, full, read_limited};
 use super::error::ApiError;
 use crate::app::App;
 use crate::protocol::pktline;
+use crate::protocol::receive_pack::{self, local};
 use crate::protocol::upload_pack::{self, Context};
 use crate::sync::{Gate, SYNC_IN_PROGRESS};
 
@@ -91,10 +92,7 @@ pub async fn handle(
     let result = match service {
         Service::InfoRefs => info_refs(&app, &req, repo_part).await,
         Service::UploadPack => upload_pack(&app, req, repo_part).await,
-        Service::ReceivePack => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "pushing is not supported by this server yet",
-        )),
+        Service::ReceivePack => receive_pack(&app, req, repo_part).await,
     };
     result.unwrap_or_else(|e| e.text())
 }
@@ -119,10 +117,23 @@ async fn info_refs(
     match service.as_str() {
         "git-upload-pack" => {}
         "git-receive-pack" => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "pushing is not supported by this server yet",
-            ));
+            if forwards(&repo, ns) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "pushing to a mirror is not supported by this server yet",
+                ));
+            }
+            let mut body = Vec::new();
+            pktline::line(&mut body, "# service=git-receive-pack");
+            pktline::flush(&mut body);
+            body.extend_from_slice(&receive_pack::advertise(&repo.view().refs(ns)));
+            return no_cache(Response::builder())
+                .header(
+                    header::CONTENT_TYPE,
+                    "application/x-git-receive-pack-advertisement",
+                )
+                .body(full(body))
+                .map_err(ApiError::internal);
         }
         _ => {
             return Err(ApiError::new(
@@ -217,6 +228,75 @@ async fn upload_pack(
     });
     no_cache(Response::builder())
         .header(header::CONTENT_TYPE, "application/x-git-upload-pack-result")
+        .body(response_body)
+        .map_err(ApiError::internal)
+}
+
+/// Whether pushes to `ns` of `repo` go to the upstream (mirrors' default namespace) rather
+/// than being applied here.
+fn forwards(repo: &Repo, ns: Namespace) -> bool {
+    ns == Namespace::Default && repo.record().upstream.is_some()
+}
+
+async fn receive_pack(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    repo_part: &str,
+) -> Result<Response<Body>, ApiError> {
+    if req.method() != http::Method::POST {
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
+    }
+    let (repo, ns) = resolve(app, repo_part)?;
+    if forwards(&repo, ns) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "pushing to a mirror is not supported by this server yet",
+        ));
+    }
+    let gzip = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "gzip");
+    let reader = ChannelReader::spawn(req.into_body(), 8);
+    let input: Box<dyn std::io::Read + Send> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    };
+    let (mut writer, response_body) = ChannelWriter::new(8);
+    let limits = app.config.push_limits;
+    let interrupt = app.interrupt.clone();
+    let name = repo.record().name;
+    tokio::task::spawn_blocking(move || {
+        let _span = tracing::info_span!("receive-pack", repo = %name, ns = %ns).entered();
+        let mut input = std::io::BufReader::with_capacity(64 << 10, input);
+        let request = match receive_pack::read_request(&mut input, limits.max_commands) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "push request refused");
+                let mut err = Vec::new();
+                pktline::err(&mut err, &e.to_string());
+                let _ = std::io::Write::write_all(&mut writer, &err);
+                return;
+            }
+        };
+        if request.commands.is_empty() {
+            return;
+        }
+        let report = local::apply(&repo, ns, &request, &mut input, limits, "push", &interrupt);
+        for (r, status) in &report.refs {
+            tracing::info!(r#ref = %r, status = ?status, "push");
+        }
+        if let Err(e) = report.send(&request.caps, &mut writer) {
+            tracing::debug!(error = %e, "client went away before the report");
+        }
+    });
+    no_cache(Response::builder())
+        .header(
+            header::CONTENT_TYPE,
+            "application/x-git-receive-pack-result",
+        )
         .body(response_body)
         .map_err(ApiError::internal)
 }

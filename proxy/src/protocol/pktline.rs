@@ -111,6 +111,62 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One packet read from a stream by [`read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// A data packet; the payload is in the caller's buffer.
+    Data,
+    /// `0000`.
+    Flush,
+    /// `0001`.
+    Delim,
+    /// `0002`.
+    ResponseEnd,
+    /// The stream ended cleanly before a packet.
+    Eof,
+}
+
+/// Why reading a packet from a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Invalid framing.
+    #[error(transparent)]
+    Framing(#[from] Error),
+    /// The stream failed or ended inside a packet.
+    #[error("reading pkt-line: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Read one packet from a stream into `buf` (cleared first). Allocation is bounded by the
+/// maximum packet size.
+pub fn read(r: &mut dyn io::Read, buf: &mut Vec<u8>) -> Result<Read, ReadError> {
+    buf.clear();
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..])? {
+            0 if got == 0 => return Ok(Read::Eof),
+            0 => return Err(Error::Truncated { needed: 4 - got }.into()),
+            n => got += n,
+        }
+    }
+    let n = match decode(&len) {
+        Ok((Pkt::Flush, _)) => return Ok(Read::Flush),
+        Ok((Pkt::Delim, _)) => return Ok(Read::Delim),
+        Ok((Pkt::ResponseEnd, _)) => return Ok(Read::ResponseEnd),
+        // "0004": an empty data packet.
+        Ok((Pkt::Data(_), _)) => return Ok(Read::Data),
+        Err(Error::Truncated { needed }) => needed + 4,
+        Err(e) => return Err(e.into()),
+    };
+    buf.resize(n - 4, 0);
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => ReadError::Framing(Error::Truncated { needed: n - 4 }),
+        _ => ReadError::Io(e),
+    })?;
+    Ok(Read::Data)
+}
+
 /// Append a data packet holding `payload` (which must fit in one packet).
 pub fn data(out: &mut Vec<u8>, payload: &[u8]) {
     debug_assert!(payload.len() <= MAX_DATA_LEN);
@@ -295,6 +351,29 @@ mod tests {
         assert_eq!(decode(b"fff1"), Err(Error::LengthOutOfRange(0xfff1)));
         assert_eq!(decode(b"000aab"), Err(Error::Truncated { needed: 4 }));
         assert_eq!(decode(b"00"), Err(Error::Truncated { needed: 2 }));
+    }
+
+    #[test]
+    fn reads_packets_from_a_stream() {
+        let mut input = Vec::new();
+        line(&mut input, "abc");
+        flush(&mut input);
+        input.extend_from_slice(b"PACK");
+        let mut r = io::Cursor::new(input);
+        let mut buf = Vec::new();
+        assert!(matches!(read(&mut r, &mut buf), Ok(Read::Data)));
+        assert_eq!(buf, b"abc\n");
+        assert!(matches!(read(&mut r, &mut buf), Ok(Read::Flush)));
+        let mut rest = Vec::new();
+        io::Read::read_to_end(&mut r, &mut rest).expect("rest");
+        assert_eq!(rest, b"PACK", "nothing past the flush is consumed");
+        let mut short = io::Cursor::new(b"0009ab".to_vec());
+        assert!(matches!(
+            read(&mut short, &mut buf),
+            Err(ReadError::Framing(Error::Truncated { .. }))
+        ));
+        let mut empty = io::Cursor::new(Vec::new());
+        assert!(matches!(read(&mut empty, &mut buf), Ok(Read::Eof)));
     }
 
     #[test]

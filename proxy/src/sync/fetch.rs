@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bstr::ByteSlice;
 use codestorage_store::{
@@ -162,6 +164,30 @@ fn collect(list: Vec<Ref>) -> Remote {
     remote
 }
 
+/// How long an upstream may stay silent before a sync gives up on it.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn configure(transport: &mut http::Transport<http::reqwest::Remote>) -> Result<(), SyncError> {
+    use gix_transport::client::TransportWithoutIO as _;
+    let backend = http::reqwest::Options {
+        // reqwest's blocking timeout bounds each read: an idle timeout, not a transfer cap.
+        configure_client: Some(Box::new(|b| Ok(b.timeout(UPSTREAM_IDLE_TIMEOUT)))),
+        configure_request: None,
+    };
+    let options = http::Options {
+        user_agent: Some(crate::protocol::upload_pack::agent()),
+        connect_timeout: Some(Duration::from_secs(20)),
+        backend: Some(Arc::new(Mutex::new(backend))),
+        ..Default::default()
+    };
+    transport
+        .configure(&options)
+        .map_err(|e| SyncError::Upstream {
+            step: "configure",
+            source: gix_error::Error::from_error(e),
+        })
+}
+
 fn upstream(step: &'static str) -> impl FnOnce(gix_error::Error) -> SyncError {
     move |source| SyncError::Upstream { step, source }
 }
@@ -175,6 +201,7 @@ pub fn run(
 ) -> Result<Fetched, SyncError> {
     let parsed = check_url(url, allow_http)?;
     let mut transport = http::connect::<http::reqwest::Remote>(parsed, Protocol::V2, false);
+    configure(&mut transport)?;
     let mut progress = gix_utils::progress::Discard;
     let hs = gix_protocol::handshake(
         &mut transport,
@@ -244,11 +271,14 @@ pub fn run(
             reader.set_progress_handler(Some(Box::new(|_is_err, _msg| {
                 std::ops::ControlFlow::Continue(())
             })));
-            let mut q = repo.receive_pack(&mut reader, IngestOptions::default(), interrupt)?;
-            let tips: Vec<ObjectId> = remote.refs.values().copied().collect();
-            q.verify(view.packs.clone(), Namespace::Default, &tips)?;
-            objects = q.pack().num_objects();
-            quarantine = Some(q);
+            if let Some(mut q) =
+                repo.receive_pack(&mut reader, IngestOptions::default(), interrupt)?
+            {
+                let tips: Vec<ObjectId> = remote.refs.values().copied().collect();
+                q.verify(view.packs.clone(), Namespace::Default, &tips)?;
+                objects = q.pack().num_objects();
+                quarantine = Some(q);
+            }
         }
     }
 

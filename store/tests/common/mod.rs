@@ -121,7 +121,8 @@ pub fn ingest(store: &Store, name: &str, pack: &[u8], tip: &str, old: Option<&st
             IngestOptions::default(),
             &interrupt,
         )
-        .expect("ingest");
+        .expect("ingest")
+        .expect("a pack with objects");
     q.verify(repo.view().packs.clone(), Namespace::Default, &[oid(tip)])
         .expect("verify");
     let out = repo
