@@ -51,6 +51,8 @@ pub struct App {
     pub sync: Arc<SyncManager>,
     /// Set at shutdown: long-running work stops.
     pub interrupt: Arc<AtomicBool>,
+    /// HTTP client for forwarded pushes.
+    pub upstream: crate::upstream::UpstreamClient,
 }
 
 impl App {
@@ -64,11 +66,14 @@ impl App {
             config.sync_interval,
             interrupt.clone(),
         );
+        let upstream = crate::upstream::UpstreamClient::new(Duration::from_secs(300))
+            .map_err(|e| codestorage_store::StoreError::Invalid(e.to_string()))?;
         Ok(Arc::new(App {
             config,
             store,
             sync,
             interrupt,
+            upstream,
         }))
     }
 }

@@ -9,6 +9,7 @@
 //! - [`sync`] — fetching from upstreams, scheduling, sync status.
 //! - [`cli`] — the client side of the `repo` subcommands.
 //! - [`time`] — timestamps.
+//! - [`upstream`] — the HTTP client for upstreams' smart-HTTP endpoints (forwarded pushes).
 
 pub mod app;
 pub mod cli;
@@ -17,3 +18,4 @@ pub mod protocol;
 pub mod server;
 pub mod sync;
 pub mod time;
+pub mod upstream;

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod error;
+pub mod push;
 pub mod rest;
 pub mod smart;
 

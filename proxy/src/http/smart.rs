@@ -118,10 +118,7 @@ async fn info_refs(
         "git-upload-pack" => {}
         "git-receive-pack" => {
             if forwards(&repo, ns) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "pushing to a mirror is not supported by this server yet",
-                ));
+                return super::push::advertise(app, repo).await;
             }
             let mut body = Vec::new();
             pktline::line(&mut body, "# service=git-receive-pack");
@@ -248,10 +245,7 @@ async fn receive_pack(
     }
     let (repo, ns) = resolve(app, repo_part)?;
     if forwards(&repo, ns) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "pushing to a mirror is not supported by this server yet",
-        ));
+        return super::push::forward(app, repo, req.into_body());
     }
     let gzip = req
         .headers()

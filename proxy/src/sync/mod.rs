@@ -56,6 +56,19 @@ struct Slot {
     pending: bool,
     status: SyncStatus,
     next_due: Option<Instant>,
+    /// Runs started so far.
+    started: u64,
+    /// (runs finished, error of the last one): what `sync_wait` waits on.
+    finished: Option<tokio::sync::watch::Sender<(u64, Option<String>)>>,
+    /// Held by a sync run and by a forwarded push while it moves local refs.
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Slot {
+    fn finished(&mut self) -> &tokio::sync::watch::Sender<(u64, Option<String>)> {
+        self.finished
+            .get_or_insert_with(|| tokio::sync::watch::channel((0, None)).0)
+    }
 }
 
 /// Schedules and runs syncs.
@@ -164,6 +177,7 @@ impl SyncManager {
             }
             slot.running = true;
             slot.status.in_progress = true;
+            slot.started += 1;
         }
         let this = self.clone();
         let span = tracing::info_span!("sync", repo = %name);
@@ -172,8 +186,10 @@ impl SyncManager {
 
     async fn run_loop(self: Arc<Self>, repo: Arc<Repo>) {
         let name = repo.record().name;
+        let lock = self.repo_lock(&name);
         loop {
             let permit = self.limit.acquire().await;
+            let guard = lock.lock().await;
             let Some(url) = repo.record().upstream.map(|u| u.url) else {
                 break;
             };
@@ -182,6 +198,7 @@ impl SyncManager {
             let (r, allow, interrupt) = (repo.clone(), self.allow_http, self.interrupt.clone());
             let result =
                 tokio::task::spawn_blocking(move || fetch::run(&r, &url, allow, &interrupt)).await;
+            drop(guard);
             drop(permit);
             let result = match result {
                 Ok(r) => r.map_err(|e| e.to_string()),
@@ -233,12 +250,16 @@ impl SyncManager {
                 if retry {
                     slot.pending = true;
                 }
+                let finished_runs = slot.finished().borrow().0 + 1;
+                let error = slot.status.last_error.clone();
+                slot.finished().send_replace((finished_runs, error));
                 let done = !slot.pending;
                 if done {
                     slot.running = false;
                     slot.status.in_progress = false;
                 } else {
                     slot.pending = false;
+                    slot.started += 1;
                 }
                 (slot.status.clone(), done)
             };
@@ -250,6 +271,42 @@ impl SyncManager {
             }
             if status.1 {
                 break;
+            }
+        }
+    }
+
+    /// The lock a sync run holds; a forwarded push takes it to move local refs.
+    pub fn repo_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.slots()
+            .entry(name.to_owned())
+            .or_default()
+            .lock
+            .clone()
+    }
+
+    /// Run a sync that starts after this call (coalescing with others) and wait for it:
+    /// `Err` with the sync's error if it failed.
+    pub async fn sync_wait(self: &Arc<Self>, repo: Arc<Repo>) -> Result<(), String> {
+        let name = repo.record().name;
+        let (target, mut rx) = {
+            let mut slots = self.slots();
+            let slot = slots.entry(name.clone()).or_default();
+            // A run in progress started before us: the one after it is ours.
+            (slot.started + 1, slot.finished().subscribe())
+        };
+        self.request(repo);
+        loop {
+            {
+                let (finished, error) = &*rx.borrow_and_update();
+                if *finished >= target {
+                    return match error {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(()),
+                    };
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err("sync manager stopped".into());
             }
         }
     }

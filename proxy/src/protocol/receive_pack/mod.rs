@@ -10,6 +10,7 @@
 //!
 //! The pack is never held in memory: it streams from the request into the quarantine.
 
+pub mod forward;
 pub mod local;
 
 use std::io::{self, Write};
@@ -200,10 +201,12 @@ pub fn read_request(r: &mut dyn io::Read, max_commands: usize) -> Result<Request
 
 /// The receive-pack ref advertisement (without the smart-HTTP `# service=` preamble).
 pub fn advertise(table: &RefTable) -> Vec<u8> {
-    let caps = format!(
-        "{CAPABILITIES} agent={}",
-        crate::protocol::upload_pack::agent()
-    );
+    advertise_with(table, CAPABILITIES)
+}
+
+/// The advertisement with the capability list `caps` (for mirrors: ours ∩ the upstream's).
+pub fn advertise_with(table: &RefTable, caps: &str) -> Vec<u8> {
+    let caps = format!("{caps} agent={}", crate::protocol::upload_pack::agent());
     let mut lines: Vec<(ObjectId, &str)> = table
         .iter()
         .filter(|(name, _)| name.as_str() != "HEAD")

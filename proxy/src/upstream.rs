@@ -1,0 +1,117 @@
+//! The async HTTP client for talking to upstreams' smart-HTTP endpoints during a forwarded push:
+//! the receive-pack advertisement (capabilities, and an early check that the upstream is there
+//! and lets us in) and the streamed `git-receive-pack` POST.
+//!
+//! Bodies pass through untouched (no transparent decompression); reads time out when the
+//! upstream stays silent, a transfer as such is never capped. Credentials never reach a log or
+//! an error message.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// Why talking to the upstream failed, in words a pusher can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection, or it broke.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The upstream refused our credentials (401/403).
+    #[error("upstream refused the credentials (HTTP {0})")]
+    Auth(u16),
+    /// Any other non-success status.
+    #[error("upstream answered HTTP {0}")]
+    Status(u16),
+}
+
+impl UpstreamError {
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        if e.is_timeout() {
+            return UpstreamError::Timeout;
+        }
+        // The URL may carry userinfo: describe the failure without it.
+        let e = e.without_url();
+        let mut msg = e.to_string();
+        if let Some(src) = std::error::Error::source(&e) {
+            msg = format!("{msg}: {src}");
+        }
+        UpstreamError::Unreachable(msg)
+    }
+
+    fn from_status(code: reqwest::StatusCode) -> Self {
+        match code.as_u16() {
+            401 | 403 => UpstreamError::Auth(code.as_u16()),
+            c => UpstreamError::Status(c),
+        }
+    }
+}
+
+/// A client for upstream git endpoints.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    http: reqwest::Client,
+}
+
+/// The user agent sent upstream: forges route smart HTTP by a `git/` agent.
+fn user_agent() -> String {
+    format!("git/2.47.0 ({})", crate::protocol::upload_pack::agent())
+}
+
+fn endpoint(url: &str, tail: &str) -> String {
+    format!("{}/{tail}", url.trim_end_matches('/'))
+}
+
+impl UpstreamClient {
+    /// A client with an idle-read timeout of `idle`.
+    pub fn new(idle: Duration) -> Result<Self, UpstreamError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(20))
+            .read_timeout(idle)
+            .user_agent(user_agent())
+            .build()
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        Ok(UpstreamClient { http })
+    }
+
+    /// `GET …/info/refs?service=git-receive-pack`: the upstream's advertisement.
+    pub async fn receive_pack_advertisement(&self, url: &str) -> Result<Bytes, UpstreamError> {
+        let resp = self
+            .http
+            .get(endpoint(url, "info/refs?service=git-receive-pack"))
+            .send()
+            .await
+            .map_err(UpstreamError::from_reqwest)?;
+        if !resp.status().is_success() {
+            return Err(UpstreamError::from_status(resp.status()));
+        }
+        resp.bytes().await.map_err(UpstreamError::from_reqwest)
+    }
+
+    /// `POST …/git-receive-pack` with a streamed body; the response once its status is known.
+    pub async fn receive_pack<S>(
+        &self,
+        url: &str,
+        body: S,
+    ) -> Result<reqwest::Response, UpstreamError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let resp = self
+            .http
+            .post(endpoint(url, "git-receive-pack"))
+            .header("Content-Type", "application/x-git-receive-pack-request")
+            .header("Accept", "application/x-git-receive-pack-result")
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(UpstreamError::from_reqwest)?;
+        if !resp.status().is_success() {
+            return Err(UpstreamError::from_status(resp.status()));
+        }
+        Ok(resp)
+    }
+}
