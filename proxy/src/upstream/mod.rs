@@ -115,3 +115,5 @@ impl UpstreamClient {
         Ok(resp)
     }
 }
+
+pub mod push;
