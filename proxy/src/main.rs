@@ -45,6 +45,9 @@ enum Command {
         /// Seconds between background refreshes of each mirror (jittered).
         #[arg(long, default_value_t = 60)]
         sync_interval: u64,
+        /// Largest pack a push may send, in bytes.
+        #[arg(long, default_value_t = 4 << 30)]
+        max_pack_bytes: u64,
     },
     /// Manage repositories on the running server.
     Repo {
@@ -126,8 +129,10 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             allow_http_upstream,
             sync_interval,
+            max_pack_bytes,
         } => {
             let mut config = Config::new(data_dir.clone());
+            config.push_limits.max_pack_bytes = max_pack_bytes;
             config.listen = listen;
             config.allow_http_upstream = allow_http_upstream;
             config.sync_interval = Duration::from_secs(sync_interval.max(1));

@@ -214,10 +214,23 @@ impl Worker {
             let _ = self.client.write_all(&err);
             return;
         }
+        // Refused here, before anything reaches the upstream: bad names, and an old value that
+        // is not what we hold (we synced right before advertising, so the upstream agrees).
+        let local = self.repo.view().refs(Namespace::Default);
         let ours: Vec<(String, RefStatus)> = req
             .commands
             .iter()
-            .filter_map(|c| refuse_name(c).map(|r| (c.name.clone(), RefStatus::Ng(r.into()))))
+            .filter_map(|c| {
+                if let Some(r) = refuse_name(c) {
+                    return Some((c.name.clone(), RefStatus::Ng(r.into())));
+                }
+                let current = local.get(&c.name).and_then(RefValue::id);
+                let expected = (!c.old.is_null()).then_some(c.old);
+                (current != expected).then(|| {
+                    let at = current.map_or("absent".to_owned(), |id| id.to_string());
+                    (c.name.clone(), RefStatus::Ng(format!("stale info (the ref is {at} here; fetch first)")))
+                })
+            })
             .collect();
         let accepted: Vec<&Command> = req
             .commands
