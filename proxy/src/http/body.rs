@@ -132,6 +132,14 @@ pub struct ChannelReader {
 }
 
 impl ChannelReader {
+    /// Read what arrives on `rx` (an error item fails the read; a closed channel is the end).
+    pub fn new(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+
     /// Start forwarding `body` (at most `depth` frames in flight).
     pub fn spawn(mut body: Incoming, depth: usize) -> ChannelReader {
         let (tx, rx) = mpsc::channel(depth);
@@ -150,10 +158,7 @@ impl ChannelReader {
                 }
             }
         });
-        ChannelReader {
-            rx,
-            current: Bytes::new(),
-        }
+        ChannelReader::new(rx)
     }
 }
 

@@ -155,28 +155,6 @@ struct Worker {
     client: ChannelWriter,
 }
 
-/// A blocking `Read` over the upstream response chunks.
-struct ResponseReader {
-    rx: mpsc::Receiver<Result<Bytes, io::Error>>,
-    current: Bytes,
-}
-
-impl Read for ResponseReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.current = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
-    }
-}
-
 impl Worker {
     fn abort_upstream(&self, why: &str) {
         let _ = self
@@ -228,7 +206,10 @@ impl Worker {
                 let expected = (!c.old.is_null()).then_some(c.old);
                 (current != expected).then(|| {
                     let at = current.map_or("absent".to_owned(), |id| id.to_string());
-                    (c.name.clone(), RefStatus::Ng(format!("stale info (the ref is {at} here; fetch first)")))
+                    (
+                        c.name.clone(),
+                        RefStatus::Ng(format!("stale info (the ref is {at} here; fetch first)")),
+                    )
                 })
             })
             .collect();
@@ -342,10 +323,7 @@ impl Worker {
         req: &Request,
         rx: mpsc::Receiver<Result<Bytes, io::Error>>,
     ) -> Result<UpstreamReport, String> {
-        let mut reader = ResponseReader {
-            rx,
-            current: Bytes::new(),
-        };
+        let mut reader = ChannelReader::new(rx);
         let client = &mut self.client;
         let relay_progress = !req.caps.quiet && req.caps.sideband;
         let report = forward::read_response(&mut reader, req.caps.sideband, &mut |pkt| {

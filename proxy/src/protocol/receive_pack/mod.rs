@@ -207,30 +207,15 @@ pub fn advertise(table: &RefTable) -> Vec<u8> {
 /// The advertisement with the capability list `caps` (for mirrors: ours ∩ the upstream's).
 pub fn advertise_with(table: &RefTable, caps: &str) -> Vec<u8> {
     let caps = format!("{caps} agent={}", crate::protocol::upload_pack::agent());
-    let mut lines: Vec<(ObjectId, &str)> = table
+    let lines: Vec<(ObjectId, String)> = table
         .iter()
         .filter(|(name, _)| name.as_str() != "HEAD")
         .filter_map(|(name, v)| match v {
-            RefValue::Direct(id) => Some((*id, name.as_str())),
-            RefValue::Symbolic(_) => refs::resolve(table, name).map(|id| (id, name.as_str())),
+            RefValue::Direct(id) => Some((*id, name.clone())),
+            RefValue::Symbolic(_) => refs::resolve(table, name).map(|id| (id, name.clone())),
         })
         .collect();
-    let null = ObjectId::null(gix_hash::Kind::Sha1);
-    if lines.is_empty() {
-        lines.push((null, "capabilities^{}"));
-    }
-    let mut out = Vec::new();
-    for (i, (id, name)) in lines.iter().enumerate() {
-        let mut payload = format!("{id} {name}").into_bytes();
-        if i == 0 {
-            payload.push(0);
-            payload.extend_from_slice(caps.as_bytes());
-        }
-        payload.push(b'\n');
-        pktline::data(&mut out, &payload);
-    }
-    pktline::flush(&mut out);
-    out
+    crate::protocol::ref_advertisement(&lines, &caps)
 }
 
 /// Why a ref cannot be updated here, before any object is looked at.

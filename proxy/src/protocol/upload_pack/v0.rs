@@ -43,24 +43,7 @@ pub fn advertise(ctx: &Context<'_>) -> Result<Vec<u8>, Error> {
             lines.push((*p, format!("{name}^{{}}")));
         }
     }
-    let mut out = Vec::new();
-    if lines.is_empty() {
-        lines.push((
-            ObjectId::null(gix_hash::Kind::Sha1),
-            "capabilities^{}".into(),
-        ));
-    }
-    for (i, (id, name)) in lines.iter().enumerate() {
-        let mut payload = format!("{id} {name}").into_bytes();
-        if i == 0 {
-            payload.push(0);
-            payload.extend_from_slice(caps.as_bytes());
-        }
-        payload.push(b'\n');
-        pktline::data(&mut out, &payload);
-    }
-    pktline::flush(&mut out);
-    Ok(out)
+    Ok(crate::protocol::ref_advertisement(&lines, &caps))
 }
 
 /// Serve one v0 stateless-rpc upload-pack request.
