@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`app`] — configuration and shared state.
+//! - [`auth`] — tokens, keys, scopes and ref policies.
 //! - [`server`] — the accept loop and graceful shutdown.
 //! - [`http`] — routing, smart-HTTP endpoints, REST API, error mapping.
 //! - [`protocol`] — pkt-line framing and the upload-pack engine (v0/v1/v2), over bytes.
@@ -12,6 +13,7 @@
 //! - [`upstream`] — the HTTP client for upstreams' smart-HTTP endpoints (forwarded pushes).
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod http;
 pub mod protocol;
