@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use codestorage_store::Store;
 
+use crate::auth::Authenticator;
+use crate::auth::keys::VerifyingKey;
 use crate::sync::SyncManager;
 
 /// Validated server settings.
@@ -53,12 +55,33 @@ pub struct App {
     pub interrupt: Arc<AtomicBool>,
     /// HTTP client for forwarded pushes.
     pub upstream: crate::upstream::UpstreamClient,
+    /// Token verification.
+    pub auth: Authenticator,
+}
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] codestorage_store::StoreError),
+    /// The keys cannot be loaded or created.
+    #[error(transparent)]
+    Keys(#[from] crate::auth::keys::KeyError),
+    /// The upstream client cannot be built.
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
 
 impl App {
-    /// Open the store in `config.data_dir` and set up syncing.
-    pub fn open(config: Config) -> Result<Arc<App>, codestorage_store::StoreError> {
+    /// Open the store in `config.data_dir`, load (or on first start create) the signing key,
+    /// trust `issuers` besides, and set up syncing.
+    pub fn open(
+        config: Config,
+        issuers: Vec<(String, VerifyingKey)>,
+    ) -> Result<Arc<App>, AppError> {
         let store = Arc::new(Store::open(&config.data_dir)?);
+        let auth = Authenticator::load(&config.data_dir, issuers)?;
         let interrupt = Arc::new(AtomicBool::new(false));
         let sync = SyncManager::new(
             store.clone(),
@@ -66,14 +89,14 @@ impl App {
             config.sync_interval,
             interrupt.clone(),
         );
-        let upstream = crate::upstream::UpstreamClient::new(Duration::from_secs(300))
-            .map_err(|e| codestorage_store::StoreError::Invalid(e.to_string()))?;
+        let upstream = crate::upstream::UpstreamClient::new(Duration::from_secs(300))?;
         Ok(Arc::new(App {
             config,
             store,
             sync,
             interrupt,
             upstream,
+            auth,
         }))
     }
 }

@@ -9,12 +9,14 @@
 //! - [`protocol`] — pkt-line framing and the upload-pack engine (v0/v1/v2), over bytes.
 //! - [`sync`] — fetching from upstreams, scheduling, sync status.
 //! - [`cli`] — the client side of the `repo` subcommands.
+//! - [`config`] — the config file and its merge with the command line.
 //! - [`time`] — timestamps.
 //! - [`upstream`] — the HTTP client for upstreams' smart-HTTP endpoints (forwarded pushes).
 
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod http;
 pub mod protocol;
 pub mod server;

@@ -1,14 +1,13 @@
 //! The `codestorage` binary: parse the command line, run the server or a client command, map
 //! the outcome to an exit code.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use codestorage::app::{App, Config};
+use codestorage::cli::serve::ServeArgs;
 
 #[derive(Parser)]
 #[command(
@@ -35,20 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve {
-        /// Plain-HTTP listen address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Permit plain-http and loopback upstreams (development only).
-        #[arg(long)]
-        allow_http_upstream: bool,
-        /// Seconds between background refreshes of each mirror (jittered).
-        #[arg(long, default_value_t = 60)]
-        sync_interval: u64,
-        /// Largest pack a push may send, in bytes.
-        #[arg(long, default_value_t = 4 << 30)]
-        max_pack_bytes: u64,
-    },
+    Serve(ServeArgs),
     /// Manage repositories on the running server.
     Repo {
         #[command(subcommand)]
@@ -125,27 +111,8 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> Result<()> {
     let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
     match cli.command {
-        Command::Serve {
-            listen,
-            allow_http_upstream,
-            sync_interval,
-            max_pack_bytes,
-        } => {
-            let mut config = Config::new(data_dir.clone());
-            config.push_limits.max_pack_bytes = max_pack_bytes;
-            config.listen = listen;
-            config.allow_http_upstream = allow_http_upstream;
-            config.sync_interval = Duration::from_secs(sync_interval.max(1));
-            let app = tokio::task::spawn_blocking(move || App::open(config))
-                .await?
-                .with_context(|| format!("opening data directory {}", data_dir.display()))?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
-            let addr = listener.local_addr()?;
-            tracing::info!(%addr, data_dir = %app.config.data_dir.display(), "codestorage serving");
-            println!("listening on http://{addr}");
-            codestorage::server::serve(listener, app, shutdown_signal()).await?;
+        Command::Serve(args) => {
+            codestorage::cli::serve::run(&data_dir, args, shutdown_signal()).await?;
         }
         Command::Repo { command } => {
             let client = codestorage::cli::Client::new(&cli.server)?;

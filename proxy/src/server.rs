@@ -1,4 +1,5 @@
-//! The accept loop: serves HTTP/1.1 and HTTP/2 connections until shutdown, then drains them.
+//! The accept loops: plain HTTP and (optionally) TLS, HTTP/1.1 and HTTP/2, until shutdown; then
+//! open connections drain for a while.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,48 +10,55 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
 
-/// Serve `listener` until `shutdown` resolves; then stop accepting, let open requests finish
-/// for a while, and signal long-running work to stop.
+/// How long a client may take for the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve `listener` (plain HTTP) and, if given, `tls` until `shutdown` resolves; then stop
+/// accepting, let open requests finish for a while, and signal long-running work to stop.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(app.sync.clone().schedule(stop_rx));
     let graceful = GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
+    let (tls_listener, acceptor) = match tls {
+        Some((l, config)) => (Some(l), Some(TlsAcceptor::from(config))),
+        None => (None, None),
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let service = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(crate::http::handle(app, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    serve_connection(&app, graceful.watcher(), TokioIo::new(stream));
+                }
+                Err(e) => accept_failed(e).await,
+            },
+            accepted = accept_opt(tls_listener.as_ref()) => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (app, watcher) = (app.clone(), graceful.watcher());
+                    let Some(acceptor) = acceptor.clone() else { continue };
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => serve_connection(&app, watcher, TokioIo::new(tls)),
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    });
+                }
+                Err(e) => accept_failed(e).await,
+            },
             () = &mut shutdown => break,
         }
     }
@@ -65,4 +73,38 @@ pub async fn serve(
     app.interrupt.store(true, Ordering::Relaxed);
     app.store.index().flush().map_err(std::io::Error::other)?;
     Ok(())
+}
+
+async fn accept_opt(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+fn serve_connection<I>(app: &Arc<App>, watcher: Watcher, io: TokioIo<I>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let app = app.clone();
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(crate::http::handle(app, req).await) }
+    });
+    let conn = Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .into_owned();
+    let conn = watcher.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
 }

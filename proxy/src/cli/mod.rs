@@ -1,4 +1,7 @@
-//! The client side of `codestorage repo …`: talks to a running server's REST API.
+//! The command-line side: `codestorage serve` setup and the client of `codestorage repo …`,
+//! which talks to a running server's REST API.
+
+pub mod serve;
 
 use std::time::{Duration, Instant};
 

@@ -6,6 +6,7 @@ pub mod error;
 pub mod push;
 pub mod rest;
 pub mod smart;
+pub mod tls;
 
 use std::sync::Arc;
 

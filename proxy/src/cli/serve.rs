@@ -1,0 +1,118 @@
+//! `codestorage serve`: merge the config file and flags, open the data directory, bind the
+//! listeners, serve until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::app::{App, Config};
+use crate::config::{FileConfig, tls_source};
+
+/// Default TLS address when TLS is on.
+const DEFAULT_TLS_LISTEN: &str = "127.0.0.1:8443";
+
+/// Flags of `codestorage serve`; each overrides the config file.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (issuers, listeners, limits); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Plain-HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Permit plain-http and loopback upstreams (development only).
+    #[arg(long)]
+    pub allow_http_upstream: bool,
+    /// Seconds between background refreshes of each mirror, jittered [default: 60].
+    #[arg(long)]
+    pub sync_interval: Option<u64>,
+    /// Largest pack a push may send, in bytes [default: 4 GiB].
+    #[arg(long)]
+    pub max_pack_bytes: Option<u64>,
+    /// TLS listen address [default: 127.0.0.1:8443 when TLS is on].
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a certificate for localhost generated into the data directory.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+}
+
+/// Run the server on `data_dir` until `shutdown`.
+pub async fn run(
+    data_dir: &Path,
+    args: ServeArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let issuers = file.issuer_keys()?;
+    let mut config = Config::new(data_dir.to_owned());
+    config.listen = args.listen.or(file.listen).unwrap_or(config.listen);
+    config.allow_http_upstream =
+        args.allow_http_upstream || file.allow_http_upstream.unwrap_or(false);
+    config.sync_interval = Duration::from_secs(
+        args.sync_interval
+            .or(file.sync_interval)
+            .unwrap_or(60)
+            .max(1),
+    );
+    if let Some(max) = args.max_pack_bytes.or(file.max_pack_bytes) {
+        config.push_limits.max_pack_bytes = max;
+    }
+    let tls = tls_source(
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+        args.tls_self_signed || file.tls_self_signed.unwrap_or(false),
+    )?;
+    let tls_listen = match (&tls, args.tls_listen.or(file.tls_listen)) {
+        (Some(_), Some(addr)) => Some(addr),
+        (Some(_), None) => Some(DEFAULT_TLS_LISTEN.parse().context("default TLS address")?),
+        (None, Some(_)) => {
+            anyhow::bail!("--tls-listen needs --tls-cert/--tls-key or --tls-self-signed")
+        }
+        (None, None) => None,
+    };
+    let listen = config.listen;
+    let app = tokio::task::spawn_blocking(move || App::open(config, issuers))
+        .await?
+        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let tls = match (tls, tls_listen) {
+        (Some(source), Some(addr)) => {
+            let (server_config, ca) = crate::http::tls::server_config(&source, data_dir)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            Some((listener, server_config, ca))
+        }
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), "codestorage serving");
+    println!("listening on http://{addr}");
+    let tls = match tls {
+        Some((l, server_config, ca)) => {
+            let tls_addr = l.local_addr()?;
+            println!("listening on https://{tls_addr}");
+            if let Some(ca) = ca {
+                println!("tls ca certificate: {}", ca.display());
+            }
+            Some((l, server_config))
+        }
+        None => None,
+    };
+    crate::server::serve(listener, tls, app, shutdown).await?;
+    Ok(())
+}
