@@ -27,6 +27,9 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Bounds on pushes.
     pub push_limits: crate::protocol::receive_pack::local::Limits,
+    /// How long a ref's former value stays fetchable after the ref moved: a stateless client
+    /// fetches what it saw advertised a moment before.
+    pub moved_ref_grace: Duration,
 }
 
 impl Config {
@@ -39,6 +42,7 @@ impl Config {
             sync_interval: Duration::from_secs(60),
             max_request_bytes: 32 << 20,
             push_limits: Default::default(),
+            moved_ref_grace: Duration::from_secs(60),
         }
     }
 }

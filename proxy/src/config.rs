@@ -10,6 +10,7 @@
 //! allow_http_upstream = false
 //! sync_interval = 60          # seconds
 //! max_pack_bytes = 4294967296
+//! moved_ref_grace = 60        # seconds
 //!
 //! [[issuers]]
 //! org = "acme"                # the JWT `iss`
@@ -58,6 +59,8 @@ pub struct FileConfig {
     pub sync_interval: Option<u64>,
     /// Largest pushed pack, bytes.
     pub max_pack_bytes: Option<u64>,
+    /// Seconds a moved ref's former value stays fetchable.
+    pub moved_ref_grace: Option<u64>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,

@@ -148,8 +148,8 @@ pub struct Repo {
     recent: Mutex<VecDeque<(Instant, Namespace, ObjectId)>>,
 }
 
-/// How long a ref's former value stays fetchable after the ref moved.
-pub const RECENT_TIPS_GRACE: Duration = Duration::from_secs(600);
+/// How long former ref values are remembered at most.
+const RECENT_TIPS_KEPT: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for Repo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -258,18 +258,18 @@ impl Repo {
         Ok(())
     }
 
-    /// Former ref values of `ns` that are still fetchable (see [`RECENT_TIPS_GRACE`]).
-    pub fn recent_tips(&self, ns: Namespace) -> Vec<ObjectId> {
+    /// Values refs of `ns` held until less than `grace` ago.
+    pub fn recent_tips(&self, ns: Namespace, grace: Duration) -> Vec<ObjectId> {
         let mut recent = lock(&self.recent);
         while recent
             .front()
-            .is_some_and(|(t, _, _)| t.elapsed() > RECENT_TIPS_GRACE)
+            .is_some_and(|(t, _, _)| t.elapsed() > RECENT_TIPS_KEPT)
         {
             recent.pop_front();
         }
         recent
             .iter()
-            .filter(|(_, n, _)| *n == ns)
+            .filter(|(t, n, _)| *n == ns && t.elapsed() < grace)
             .map(|(_, _, id)| *id)
             .collect()
     }

@@ -166,7 +166,10 @@ fn want_of_an_unknown_object_is_refused() {
 /// upload-pack would; codestorage shares objects between namespaces, so it must check.)
 #[test]
 fn want_of_a_stored_object_unreachable_from_refs_is_refused() {
-    let (w, seed) = World::seeded_mirror("repo");
+    // Former ref values stay fetchable for a grace period (a stateless client may fetch what it
+    // saw advertised just before a sync moved the ref); without it, they are refused at once.
+    let (w, seed) =
+        World::seeded_mirror_with("repo", Server::builder().arg("--moved-ref-grace").arg("0"));
     rewrite_main(&w.git, &seed);
     seed.publish(&w.git);
     w.server.sync_now("repo");

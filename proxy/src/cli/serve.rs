@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Serve TLS with a certificate for localhost generated into the data directory.
     #[arg(long)]
     pub tls_self_signed: bool,
+    /// Seconds a ref's former value stays fetchable after a push or sync moved it, for clients
+    /// that fetch what they saw advertised a moment before [default: 60].
+    #[arg(long)]
+    pub moved_ref_grace: Option<u64>,
 }
 
 /// Run the server on `data_dir` until `shutdown`.
@@ -66,6 +70,9 @@ pub async fn run(
             .unwrap_or(60)
             .max(1),
     );
+    if let Some(secs) = args.moved_ref_grace.or(file.moved_ref_grace) {
+        config.moved_ref_grace = Duration::from_secs(secs);
+    }
     if let Some(max) = args.max_pack_bytes.or(file.max_pack_bytes) {
         config.push_limits.max_pack_bytes = max;
     }

@@ -198,7 +198,7 @@ async fn upload_pack(
     })?;
     let (mut writer, response_body) = ChannelWriter::new(8);
     let view = repo.view();
-    let recent_tips = repo.recent_tips(ns);
+    let recent_tips = repo.recent_tips(ns, app.config.moved_ref_grace);
     let interrupt = app.interrupt.clone();
     let name = repo.record().name;
     tokio::task::spawn_blocking(move || {

@@ -272,7 +272,13 @@ impl World {
     /// name and synced.
     #[track_caller]
     pub fn seeded_mirror(name: &str) -> (World, Seed) {
-        let world = World::new();
+        World::seeded_mirror_with(name, Server::builder())
+    }
+
+    /// [`World::seeded_mirror`] with a server started from `builder`.
+    #[track_caller]
+    pub fn seeded_mirror_with(name: &str, builder: server::ServerBuilder) -> (World, Seed) {
+        let world = World::with_server(builder);
         let seed = seed_repo(&world.git, &world.upstream, name);
         world.server.mirror(name, &seed.url);
         (world, seed)
