@@ -29,7 +29,7 @@ pub enum StoreError {
     #[error(transparent)]
     Index(#[from] IndexError),
     /// gix failed to read or write pack data.
-    #[error("{context}: {source}")]
+    #[error("{context}: {source:#}")]
     Git {
         /// What was being done.
         context: String,

@@ -196,7 +196,7 @@ pub struct ObjectReader {
     extra: Option<Arc<Pack>>,
     graph: Option<Arc<crate::graph::CommitGraph>>,
     inflate: gix_zlib::Inflate,
-    cache: StaticLinkedList<64>,
+    cache: Box<dyn gix_pack::cache::DecodeEntry + Send>,
 }
 
 impl ObjectReader {
@@ -207,7 +207,7 @@ impl ObjectReader {
             extra: None,
             graph: None,
             inflate: Default::default(),
-            cache: StaticLinkedList::new(32 << 20),
+            cache: Box::new(StaticLinkedList::<64>::new(32 << 20)),
         }
     }
 
@@ -216,6 +216,12 @@ impl ObjectReader {
         let mut r = ObjectReader::new(set);
         r.extra = Some(extra);
         r
+    }
+
+    /// Use a delta-base cache of up to `bytes` (LRU): for walks that decode most of a pack.
+    pub fn with_cache_bytes(mut self, bytes: usize) -> ObjectReader {
+        self.cache = Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(bytes.max(1)));
+        self
     }
 
     /// The pack set read from.

@@ -35,3 +35,8 @@ mod bad_input;
 
 /// Killing the server mid-sync: the data dir stays consistent and the next sync recovers.
 mod crash;
+
+/// Pushes: write-through to a mirror's upstream (hooks, options, races, hold-back of the pack
+/// trailer, upstream failures, read-your-writes, a 50 MB push) and pushes to local repos; bad
+/// input, hand-made.
+mod push;

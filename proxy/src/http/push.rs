@@ -147,6 +147,13 @@ pub fn forward(
         .map_err(ApiError::internal)
 }
 
+/// Why teeing the pack failed: our checks (the upstream gets an aborted request), or the
+/// upstream itself (its HTTP answer says why).
+enum TeeFailure {
+    Local(String),
+    Upstream(String),
+}
+
 struct Worker {
     app: Arc<App>,
     repo: Arc<Repo>,
@@ -241,11 +248,23 @@ impl Worker {
         );
         let _ = self.upstream_body.blocking_send(Ok(Bytes::from(head)));
 
+        let mut status = Some(status);
         let quarantine = if req.expects_pack() {
             match self.tee_pack(&mut input, &accepted) {
                 Ok(q) => q,
-                Err(reason) => {
+                Err(TeeFailure::Local(reason)) => {
                     self.abort_upstream(&reason);
+                    let report = forward::failed_report(&req.commands, &reason);
+                    let _ = report.send(&req.caps, &mut self.client);
+                    return;
+                }
+                Err(TeeFailure::Upstream(fallback)) => {
+                    // The upstream stopped reading: its own answer says why.
+                    let reason = match status.take().map(|s| s.blocking_recv()) {
+                        Some(Ok(Err(e))) => e.to_string(),
+                        _ => fallback,
+                    };
+                    tracing::warn!(error = %reason, "forwarded push failed");
                     let report = forward::failed_report(&req.commands, &reason);
                     let _ = report.send(&req.caps, &mut self.client);
                     return;
@@ -254,6 +273,7 @@ impl Worker {
         } else {
             None
         };
+        let Some(status) = status else { return };
         // End of the upstream request body.
         let (dead, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.upstream_body, dead));
@@ -282,7 +302,7 @@ impl Worker {
         &self,
         input: &mut dyn Read,
         accepted: &[&Command],
-    ) -> Result<Option<codestorage_store::Quarantine>, String> {
+    ) -> Result<Option<codestorage_store::Quarantine>, TeeFailure> {
         let sink = self.upstream_body.clone();
         let limited = LimitedReader::new(input, self.limits.max_pack_bytes);
         let mut tee = Tee::new(limited, move |chunk: Vec<u8>| {
@@ -300,7 +320,12 @@ impl Worker {
         };
         let mut quarantine = match received {
             Ok(q) => q,
-            Err(e) => return Err(format!("unpack failed: {e}")),
+            Err(e) if tee.sink_failed.is_some() => {
+                return Err(TeeFailure::Upstream(format!(
+                    "the upstream stopped reading the pack ({e})"
+                )));
+            }
+            Err(e) => return Err(TeeFailure::Local(format!("unpack failed: {e}"))),
         };
         if let Some(q) = quarantine.as_mut() {
             let tips: Vec<_> = accepted
@@ -310,11 +335,12 @@ impl Worker {
                 .collect();
             let view = self.repo.view();
             if let Err(e) = q.verify(view.packs.clone(), Namespace::Default, &tips) {
-                return Err(format!("missing necessary objects: {e}"));
+                return Err(TeeFailure::Local(format!("missing necessary objects: {e}")));
             }
         }
-        tee.release()
-            .map_err(|e| format!("upstream stopped reading the pack: {e}"))?;
+        tee.release().map_err(|e| {
+            TeeFailure::Upstream(format!("the upstream stopped reading the pack ({e})"))
+        })?;
         Ok(quarantine)
     }
 
@@ -325,7 +351,9 @@ impl Worker {
     ) -> Result<UpstreamReport, String> {
         let mut reader = ChannelReader::new(rx);
         let client = &mut self.client;
-        let relay_progress = !req.caps.quiet && req.caps.sideband;
+        // The upstream got `quiet` from us and honours it itself; what it still sends on
+        // band 2 (hook output) is meant for the pusher.
+        let relay_progress = req.caps.sideband;
         let report = forward::read_response(&mut reader, req.caps.sideband, &mut |pkt| {
             if relay_progress {
                 client.write_all(pkt)?;

@@ -27,7 +27,7 @@ pub enum SyncError {
     #[error("{0}")]
     Refused(String),
     /// Talking to the upstream failed.
-    #[error("upstream {step} failed: {source}")]
+    #[error("upstream {step} failed: {source:#}")]
     Upstream {
         /// What was being done.
         step: &'static str,
@@ -271,11 +271,19 @@ pub fn run(
             reader.set_progress_handler(Some(Box::new(|_is_err, _msg| {
                 std::ops::ControlFlow::Continue(())
             })));
+            let started = std::time::Instant::now();
             if let Some(mut q) =
                 repo.receive_pack(&mut reader, IngestOptions::default(), interrupt)?
             {
+                let received = started.elapsed();
                 let tips: Vec<ObjectId> = remote.refs.values().copied().collect();
                 q.verify(view.packs.clone(), Namespace::Default, &tips)?;
+                tracing::info!(
+                    objects = q.pack().num_objects(),
+                    receive_ms = received.as_millis() as u64,
+                    verify_ms = (started.elapsed() - received).as_millis() as u64,
+                    "pack received and verified"
+                );
                 objects = q.pack().num_objects();
                 quarantine = Some(q);
             }
@@ -324,6 +332,7 @@ pub fn run(
         });
     }
     let n = updates.len();
+    let started = std::time::Instant::now();
     let outcome = repo.commit(Transaction {
         ns: Namespace::Default,
         updates,
@@ -331,6 +340,10 @@ pub fn run(
         atomic: false,
         quarantine,
     })?;
+    tracing::info!(
+        commit_ms = started.elapsed().as_millis() as u64,
+        "refs committed"
+    );
     let failed = outcome.results.iter().filter(|r| r.is_err()).count();
     for r in outcome.results.iter().filter_map(|r| r.as_ref().err()) {
         tracing::debug!(error = %r, "sync ref update not applied");
