@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use codestorage::cli::keys::{KeysCommand, TokenCommand};
 use codestorage::cli::serve::ServeArgs;
 
 #[derive(Parser)]
@@ -27,6 +28,10 @@ struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     server: String,
+    /// Token for client commands [default: a short-lived admin token minted from the data
+    /// directory's key].
+    #[arg(long, global = true, env = "CODESTORAGE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +44,16 @@ enum Command {
     Repo {
         #[command(subcommand)]
         command: RepoCommand,
+    },
+    /// Signing keys of the data directory.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Mint and revoke tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Verify the data directory (server stopped).
     Fsck {
@@ -114,8 +129,16 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => {
             codestorage::cli::serve::run(&data_dir, args, shutdown_signal()).await?;
         }
+        Command::Keys { command } => codestorage::cli::keys::keys(&data_dir, command)?,
+        Command::Token { command } => codestorage::cli::keys::token(&data_dir, command)?,
         Command::Repo { command } => {
-            let client = codestorage::cli::Client::new(&cli.server)?;
+            // Without --token, a short-lived admin token from the data directory's key, if
+            // this machine has it; else the server will say what it needs.
+            let token = match cli.token {
+                Some(t) => Some(t),
+                None => codestorage::cli::keys::admin_token(&data_dir).ok(),
+            };
+            let client = codestorage::cli::Client::new(&cli.server, token)?;
             match command {
                 RepoCommand::Create {
                     name,

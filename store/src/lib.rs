@@ -223,17 +223,20 @@ impl Store {
         fsutil::atomic_write(&record_path, &json).map_err(StoreError::io("write", &record_path))?;
         self.index.put_record(&record)?;
         let repo = Arc::new(Repo::open(dir, record, self.index.clone())?);
-        repo.commit(Transaction {
-            ns: Namespace::Default,
-            updates: vec![RefUpdate {
-                name: "HEAD".into(),
-                expect: Expect::Any,
-                new: Some(RefValue::Symbolic(head_target)),
-            }],
-            who: "create".into(),
-            atomic: true,
-            quarantine: None,
-        })?;
+        // Every namespace starts with HEAD on the default branch (unborn until pushed).
+        for ns in Namespace::ALL {
+            repo.commit(Transaction {
+                ns,
+                updates: vec![RefUpdate {
+                    name: "HEAD".into(),
+                    expect: Expect::Any,
+                    new: Some(RefValue::Symbolic(head_target.clone())),
+                }],
+                who: "create".into(),
+                atomic: true,
+                quarantine: None,
+            })?;
+        }
         if let Ok(mut m) = self.repos.write() {
             m.insert(name.to_string(), repo.clone());
         }

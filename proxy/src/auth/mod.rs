@@ -13,7 +13,8 @@ pub mod revoke;
 pub mod token;
 
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use http::HeaderMap;
@@ -171,8 +172,27 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
 pub struct Authenticator {
     data_dir: PathBuf,
     keyring: RwLock<Keyring>,
-    local_org: String,
+    issuers: Vec<(String, VerifyingKey)>,
+    local_org: RwLock<String>,
+    last_reload: Mutex<Instant>,
     revoked: revoke::Watch,
+}
+
+/// The keyring of the data directory's keys plus `issuers`, and the data directory's org.
+fn build_keyring(
+    data_dir: &Path,
+    issuers: &[(String, VerifyingKey)],
+) -> Result<(Keyring, String), keys::KeyError> {
+    let signing = SigningKey::require(data_dir)?;
+    let mut ring = Keyring::default();
+    ring.add(&signing.org, signing.verifying()?);
+    for (org, key) in keys::trusted_keys(data_dir)? {
+        ring.add(&org, key);
+    }
+    for (org, key) in issuers {
+        ring.add(org, key.clone());
+    }
+    Ok((ring, signing.org))
 }
 
 impl Authenticator {
@@ -182,33 +202,50 @@ impl Authenticator {
         data_dir: &Path,
         issuers: Vec<(String, VerifyingKey)>,
     ) -> Result<Authenticator, keys::KeyError> {
-        let signing = match SigningKey::load(data_dir)? {
-            Some(k) => k,
-            None => {
-                let k = SigningKey::generate(data_dir, keys::KeyAlg::Es256, "local")?;
-                tracing::info!(org = %k.org, kid = %k.kid, dir = %data_dir.join("keys").display(), "created a signing key");
-                k
-            }
-        };
-        let mut ring = Keyring::default();
-        ring.add(&signing.org, signing.verifying()?);
-        for (org, key) in keys::trusted_keys(data_dir)? {
-            ring.add(&org, key);
+        if SigningKey::load(data_dir)?.is_none() {
+            let k = SigningKey::generate(data_dir, keys::KeyAlg::Es256, "local")?;
+            tracing::info!(org = %k.org, kid = %k.kid, dir = %data_dir.join("keys").display(), "created a signing key");
         }
-        for (org, key) in issuers {
-            ring.add(&org, key);
-        }
+        let (ring, local_org) = build_keyring(data_dir, &issuers)?;
         Ok(Authenticator {
             data_dir: data_dir.to_owned(),
             keyring: RwLock::new(ring),
-            local_org: signing.org,
+            issuers,
+            local_org: RwLock::new(local_org),
+            last_reload: Mutex::new(Instant::now()),
             revoked: revoke::Watch::new(data_dir),
         })
     }
 
+    /// Re-read the data directory's keys (after `keys generate`), at most once a second.
+    fn reload(&self) -> bool {
+        {
+            let mut last = self.last_reload.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < Duration::from_secs(1) {
+                return false;
+            }
+            *last = Instant::now();
+        }
+        match build_keyring(&self.data_dir, &self.issuers) {
+            Ok((ring, org)) => {
+                if let Ok(mut k) = self.keyring.write() {
+                    *k = ring;
+                }
+                if let Ok(mut o) = self.local_org.write() {
+                    *o = org;
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot re-read the signing keys");
+                false
+            }
+        }
+    }
+
     /// The data directory's organisation (owner of repositories created by admin tokens).
-    pub fn local_org(&self) -> &str {
-        &self.local_org
+    pub fn local_org(&self) -> String {
+        self.local_org.read().map(|o| o.clone()).unwrap_or_default()
     }
 
     /// The data directory.
@@ -220,18 +257,23 @@ impl Authenticator {
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Denied> {
         let token = bearer(headers).ok_or_else(|| Denied::Unauthenticated("no token".into()))?;
         let now = crate::time::now_unix() as i64;
-        let claims = self
-            .keyring
-            .read()
-            .map_err(|_| Denied::Unauthenticated("keyring unavailable".into()))?
-            .verify(&token, now)?;
+        let verify = || {
+            self.keyring
+                .read()
+                .map_err(|_| TokenError::Invalid("keyring unavailable".into()))
+                .and_then(|ring| ring.verify(&token, now))
+        };
+        let claims = match verify() {
+            Err(TokenError::UnknownIssuer | TokenError::UnknownKey) if self.reload() => verify()?,
+            other => other?,
+        };
         if self.revoked.is_revoked(&claims) {
             return Err(TokenError::Revoked.into());
         }
         let policy = Policy::from_claims(claims.refs.as_ref(), claims.ops.as_deref())
             .map_err(|e| Denied::Unauthenticated(e.to_string()))?;
         Ok(Identity {
-            local_org: claims.iss == self.local_org,
+            local_org: claims.iss == self.local_org(),
             claims,
             policy,
         })

@@ -1,6 +1,7 @@
 //! The command-line side: `codestorage serve` setup and the client of `codestorage repo …`,
 //! which talks to a running server's REST API.
 
+pub mod keys;
 pub mod serve;
 
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 fn encode_name(name: &str) -> String {
@@ -20,8 +22,9 @@ fn encode_name(name: &str) -> String {
 
 impl Client {
     /// A client for `base`.
-    pub fn new(base: &str) -> Result<Client> {
+    pub fn new(base: &str, token: Option<String>) -> Result<Client> {
         Ok(Client {
+            token,
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
@@ -38,6 +41,9 @@ impl Client {
     ) -> Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }

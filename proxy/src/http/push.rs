@@ -1,19 +1,25 @@
 //! Write-through pushes to mirrors: the receive-pack advertisement after a fresh sync, and the
 //! POST that tees the client's pack to the upstream and into a local quarantine.
 //!
-//! One blocking worker does the push in order: read the commands; start the upstream request;
-//! stream the pack to both sides, holding back its trailer from the upstream until the local
-//! quarantine verifies (else the upstream request is aborted, so it applies nothing); relay the
-//! upstream's progress; then, for each ref the upstream accepted, move the local ref under the
-//! repository's sync lock using the quarantined objects; answer with the upstream's report plus
-//! our own `ng` lines; kick a background sync. An async task carries the upstream HTTP request.
-//! Memory stays bounded: both directions go through small channels.
+//! One blocking worker does the push in order: read the commands; refuse what the token's ref
+//! policy or our state refuses; start the upstream request; stream the pack to both sides,
+//! holding back its trailer from the upstream until the local quarantine verifies (else the
+//! upstream request is aborted, so it applies nothing). A policy decision that needed the pack
+//! (a `no-force-push` rule and a commit only the pack has) and refuses a ref aborts that request
+//! too, and the rest goes upstream again in a new request, with the verified pack from the
+//! quarantine. Then: relay the upstream's progress; for each ref the upstream accepted, move the
+//! local ref under the repository's sync lock using the quarantined objects; answer with the
+//! upstream's report plus our own `ng` lines; kick a background sync. An async task carries
+//! each upstream HTTP request. Memory stays bounded: both directions go through small channels.
 
 use std::io::{self, BufReader, Read, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use codestorage_store::{Expect, IngestOptions, Namespace, RefUpdate, RefValue, Repo, Transaction};
+use codestorage_store::{
+    Expect, IngestOptions, Namespace, ObjectReader, Quarantine, RefUpdate, RefValue, Repo,
+    Transaction,
+};
 use http::{Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
@@ -21,11 +27,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::body::{Body, ChannelReader, ChannelWriter, full};
 use super::error::ApiError;
 use crate::app::App;
+use crate::auth::Identity;
 use crate::protocol::pktline;
 use crate::protocol::receive_pack::forward::{self, Tee, UpstreamReport};
 use crate::protocol::receive_pack::local::{LimitedReader, Limits};
-use crate::protocol::receive_pack::{self, Command, RefStatus, Report, Request, refuse_name};
-use crate::upstream::UpstreamError;
+use crate::protocol::receive_pack::{
+    self, Command, RefStatus, Report, Request, check_policy, refuse_name,
+};
+use crate::upstream::{UpstreamClient, UpstreamError};
 
 fn upstream_url(repo: &Repo) -> Result<String, ApiError> {
     repo.record()
@@ -70,69 +79,29 @@ pub async fn advertise(app: &Arc<App>, repo: Arc<Repo>) -> Result<Response<Body>
         .map_err(ApiError::internal)
 }
 
-type UpstreamBody = mpsc::Sender<Result<Bytes, io::Error>>;
-
 /// `POST git-receive-pack` of a mirror.
 pub fn forward(
     app: &Arc<App>,
     repo: Arc<Repo>,
+    identity: Option<Identity>,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let url = upstream_url(&repo)?;
     let input = ChannelReader::spawn(body, 8);
     let (writer, response_body) = ChannelWriter::new(8);
-    let (start_tx, start_rx) = oneshot::channel::<()>();
-    let (up_tx, up_rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
-    let (status_tx, status_rx) = oneshot::channel::<Result<(), UpstreamError>>();
-    let (resp_tx, resp_rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
-
-    let client = app.upstream.clone();
-    let upstream_target = url.clone();
-    tokio::spawn(async move {
-        if start_rx.await.is_err() {
-            return;
-        }
-        let stream = futures_util::stream::unfold(up_rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        match client.receive_pack(&upstream_target, stream).await {
-            Err(e) => {
-                let _ = status_tx.send(Err(e));
-            }
-            Ok(resp) => {
-                let _ = status_tx.send(Ok(()));
-                let mut resp = resp;
-                loop {
-                    match resp.chunk().await {
-                        Ok(Some(chunk)) => {
-                            if resp_tx.send(Ok(chunk)).await.is_err() {
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = resp_tx
-                                .send(Err(io::Error::other(e.without_url().to_string())))
-                                .await;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    });
-
     let worker = Worker {
         app: app.clone(),
         repo,
+        url,
+        identity,
         limits: app.config.push_limits,
-        upstream_body: up_tx,
+        runtime: tokio::runtime::Handle::current(),
         client: writer,
     };
     tokio::task::spawn_blocking(move || {
         let name = worker.repo.record().name;
         let _span = tracing::info_span!("push-forward", repo = %name).entered();
-        worker.run(input, start_tx, status_rx, resp_rx);
+        worker.run(input);
     });
     Response::builder()
         .header(
@@ -147,6 +116,73 @@ pub fn forward(
         .map_err(ApiError::internal)
 }
 
+/// One upstream `git-receive-pack` request in flight: its body, its status, its response.
+struct UpstreamRequest {
+    body: mpsc::Sender<Result<Bytes, io::Error>>,
+    status: oneshot::Receiver<Result<(), UpstreamError>>,
+    response: mpsc::Receiver<Result<Bytes, io::Error>>,
+}
+
+impl UpstreamRequest {
+    /// Start a request on `runtime`; its body is what is sent through `body`.
+    fn start(runtime: &tokio::runtime::Handle, client: UpstreamClient, url: String) -> Self {
+        let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
+        let (status_tx, status_rx) = oneshot::channel();
+        let (resp_tx, resp_rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
+        runtime.spawn(async move {
+            let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            let mut resp = match client.receive_pack(&url, stream).await {
+                Err(e) => {
+                    let _ = status_tx.send(Err(e));
+                    return;
+                }
+                Ok(resp) => resp,
+            };
+            let _ = status_tx.send(Ok(()));
+            loop {
+                let item = match resp.chunk().await {
+                    Ok(Some(chunk)) => Ok(chunk),
+                    Ok(None) => break,
+                    Err(e) => Err(io::Error::other(e.without_url().to_string())),
+                };
+                let stop = item.is_err();
+                if resp_tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        UpstreamRequest {
+            body: body_tx,
+            status: status_rx,
+            response: resp_rx,
+        }
+    }
+
+    /// Abort: the upstream sees a broken request and applies nothing.
+    fn abort(&self, why: &str) {
+        let _ = self
+            .body
+            .blocking_send(Err(io::Error::other(format!("push aborted: {why}"))));
+    }
+
+    /// End the body and wait for the upstream's answer.
+    fn finish(self) -> Result<mpsc::Receiver<Result<Bytes, io::Error>>, String> {
+        let UpstreamRequest {
+            body,
+            status,
+            response,
+        } = self;
+        drop(body);
+        match status.blocking_recv() {
+            Ok(Ok(())) => Ok(response),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("upstream request failed".to_owned()),
+        }
+    }
+}
+
 /// Why teeing the pack failed: our checks (the upstream gets an aborted request), or the
 /// upstream itself (its HTTP answer says why).
 enum TeeFailure {
@@ -157,25 +193,25 @@ enum TeeFailure {
 struct Worker {
     app: Arc<App>,
     repo: Arc<Repo>,
+    url: String,
+    identity: Option<Identity>,
     limits: Limits,
-    upstream_body: UpstreamBody,
+    runtime: tokio::runtime::Handle,
     client: ChannelWriter,
 }
 
 impl Worker {
-    fn abort_upstream(&self, why: &str) {
-        let _ = self
-            .upstream_body
-            .blocking_send(Err(io::Error::other(format!("push aborted: {why}"))));
+    fn start_upstream(&self) -> UpstreamRequest {
+        UpstreamRequest::start(&self.runtime, self.app.upstream.clone(), self.url.clone())
     }
 
-    fn run(
-        mut self,
-        input: ChannelReader,
-        start: oneshot::Sender<()>,
-        status: oneshot::Receiver<Result<(), UpstreamError>>,
-        response: mpsc::Receiver<Result<Bytes, io::Error>>,
-    ) {
+    fn fail(&mut self, req: &Request, reason: &str) {
+        tracing::warn!(error = %reason, "forwarded push failed");
+        let report = forward::failed_report(&req.commands, reason);
+        let _ = report.send(&req.caps, &mut self.client);
+    }
+
+    fn run(mut self, input: ChannelReader) {
         let mut input = BufReader::with_capacity(64 << 10, input);
         let req = match receive_pack::read_request(&mut input, self.limits.max_commands) {
             Ok(r) => r,
@@ -199,96 +235,69 @@ impl Worker {
             let _ = self.client.write_all(&err);
             return;
         }
-        // Refused here, before anything reaches the upstream: bad names, and an old value that
-        // is not what we hold (we synced right before advertising, so the upstream agrees).
-        let local = self.repo.view().refs(Namespace::Default);
-        let ours: Vec<(String, RefStatus)> = req
-            .commands
-            .iter()
-            .filter_map(|c| {
-                if let Some(r) = refuse_name(c) {
-                    return Some((c.name.clone(), RefStatus::Ng(r.into())));
-                }
-                let current = local.get(&c.name).and_then(RefValue::id);
-                let expected = (!c.old.is_null()).then_some(c.old);
-                (current != expected).then(|| {
-                    let at = current.map_or("absent".to_owned(), |id| id.to_string());
-                    (
-                        c.name.clone(),
-                        RefStatus::Ng(format!("stale info (the ref is {at} here; fetch first)")),
-                    )
-                })
-            })
-            .collect();
-        let accepted: Vec<&Command> = req
+        let (mut ours, pending) = self.refuse_early(&req);
+        let mut accepted: Vec<&Command> = req
             .commands
             .iter()
             .filter(|c| !ours.iter().any(|(n, _)| n == &c.name))
             .collect();
         if accepted.is_empty() || (req.caps.atomic && !ours.is_empty()) {
-            let mut report = Report {
-                unpack_error: None,
-                refs: ours,
-            };
-            for c in &accepted {
-                report
-                    .refs
-                    .push((c.name.clone(), RefStatus::Ng("atomic push failed".into())));
-            }
-            let _ = report.send(&req.caps, &mut self.client);
+            self.refuse_all(&req, ours, &accepted);
             return;
         }
 
-        let _ = start.send(());
-        let head = forward::upstream_head(
-            &accepted,
-            &req.caps,
-            &req.push_options,
-            &crate::protocol::upload_pack::agent(),
-        );
-        let _ = self.upstream_body.blocking_send(Ok(Bytes::from(head)));
+        let agent = crate::protocol::upload_pack::agent();
+        let head = forward::upstream_head(&accepted, &req.caps, &req.push_options, &agent);
+        let mut upstream = self.start_upstream();
+        let _ = upstream.body.blocking_send(Ok(Bytes::from(head)));
 
-        let mut status = Some(status);
         let quarantine = if req.expects_pack() {
-            match self.tee_pack(&mut input, &accepted) {
+            match self.tee_pack(&mut input, &accepted, &upstream) {
                 Ok(q) => q,
                 Err(TeeFailure::Local(reason)) => {
-                    self.abort_upstream(&reason);
-                    let report = forward::failed_report(&req.commands, &reason);
-                    let _ = report.send(&req.caps, &mut self.client);
+                    upstream.abort(&reason);
+                    self.fail(&req, &reason);
                     return;
                 }
                 Err(TeeFailure::Upstream(fallback)) => {
                     // The upstream stopped reading: its own answer says why.
-                    let reason = match status.take().map(|s| s.blocking_recv()) {
-                        Some(Ok(Err(e))) => e.to_string(),
-                        _ => fallback,
-                    };
-                    tracing::warn!(error = %reason, "forwarded push failed");
-                    let report = forward::failed_report(&req.commands, &reason);
-                    let _ = report.send(&req.caps, &mut self.client);
+                    let reason = upstream.finish().err().unwrap_or(fallback);
+                    self.fail(&req, &reason);
                     return;
                 }
             }
         } else {
             None
         };
-        let Some(status) = status else { return };
-        // End of the upstream request body.
-        let (dead, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.upstream_body, dead));
 
-        let upstream = match status.blocking_recv() {
-            Ok(Ok(())) => self.read_upstream(&req, response),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("upstream request failed".to_owned()),
-        };
-        let upstream = match upstream {
+        // Policy decisions that needed the pack: refusing one now means a new request.
+        if !pending.is_empty() {
+            let late = self.refuse_late(&req, &pending, quarantine.as_ref());
+            if !late.is_empty() {
+                upstream.abort("a ref was refused by the token's ref policy");
+                ours.extend(late);
+                accepted.retain(|c| !ours.iter().any(|(n, _)| n == &c.name));
+                if accepted.is_empty() || req.caps.atomic {
+                    self.refuse_all(&req, ours, &accepted);
+                    return;
+                }
+                match self.resend(&req, &accepted, quarantine.as_ref()) {
+                    Ok(u) => upstream = u,
+                    Err(reason) => {
+                        self.fail(&req, &reason);
+                        return;
+                    }
+                }
+            }
+        }
+
+        let upstream = match upstream
+            .finish()
+            .and_then(|response| self.read_upstream(&req, response))
+        {
             Ok(u) => u,
             Err(reason) => {
-                tracing::warn!(error = %reason, "forwarded push failed");
-                let report = forward::failed_report(&req.commands, &reason);
-                let _ = report.send(&req.caps, &mut self.client);
+                self.fail(&req, &reason);
                 return;
             }
         };
@@ -297,13 +306,134 @@ impl Worker {
         self.app.sync.request(self.repo.clone());
     }
 
+    /// Refusals decided before anything reaches the upstream: bad names, an old value that is
+    /// not what we hold (we synced right before advertising, so the upstream agrees), and what
+    /// the token's ref policy refuses already. Also the commands whose policy decision needs the
+    /// pack.
+    fn refuse_early(&self, req: &Request) -> (Vec<(String, RefStatus)>, Vec<usize>) {
+        let view = self.repo.view();
+        let local = view.refs(Namespace::Default);
+        let mut reader = view.reader();
+        let policy = self
+            .identity
+            .as_ref()
+            .map(|i| check_policy(&req.commands, &i.policy, &mut reader));
+        let mut ours = Vec::new();
+        let mut pending = Vec::new();
+        for (i, c) in req.commands.iter().enumerate() {
+            if let Some(r) = refuse_name(c) {
+                ours.push((c.name.clone(), RefStatus::Ng(r.into())));
+                continue;
+            }
+            let current = local.get(&c.name).and_then(RefValue::id);
+            let expected = (!c.old.is_null()).then_some(c.old);
+            if current != expected {
+                let at = current.map_or("absent".to_owned(), |id| id.to_string());
+                ours.push((
+                    c.name.clone(),
+                    RefStatus::Ng(format!("stale info (the ref is {at} here; fetch first)")),
+                ));
+                continue;
+            }
+            match policy.as_ref().and_then(|p| p[i].clone()) {
+                Some(Err(reason)) => ours.push((c.name.clone(), RefStatus::Ng(reason))),
+                None if policy.is_some() => pending.push(i),
+                _ => {}
+            }
+        }
+        (ours, pending)
+    }
+
+    /// Policy decisions for `pending` commands, now that the pack's commits are at hand.
+    fn refuse_late(
+        &self,
+        req: &Request,
+        pending: &[usize],
+        quarantine: Option<&Quarantine>,
+    ) -> Vec<(String, RefStatus)> {
+        let Some(identity) = &self.identity else {
+            return Vec::new();
+        };
+        let view = self.repo.view();
+        let mut reader = match quarantine {
+            Some(q) => ObjectReader::with_extra(view.packs.clone(), q.pack().clone()),
+            None => view.reader(),
+        };
+        let commands: Vec<Command> = pending.iter().map(|i| req.commands[*i].clone()).collect();
+        check_policy(&commands, &identity.policy, &mut reader)
+            .into_iter()
+            .zip(&commands)
+            .filter_map(|(decision, c)| match decision {
+                Some(Ok(())) => None,
+                Some(Err(reason)) => Some((c.name.clone(), RefStatus::Ng(reason))),
+                None => Some((
+                    c.name.clone(),
+                    RefStatus::Ng("missing necessary objects".into()),
+                )),
+            })
+            .collect()
+    }
+
+    /// Answer without the upstream: our refusals, and "atomic push failed" for the rest.
+    fn refuse_all(&mut self, req: &Request, ours: Vec<(String, RefStatus)>, rest: &[&Command]) {
+        let mut report = Report {
+            unpack_error: None,
+            refs: ours,
+        };
+        for c in rest {
+            report
+                .refs
+                .push((c.name.clone(), RefStatus::Ng("atomic push failed".into())));
+        }
+        let _ = report.send(&req.caps, &mut self.client);
+    }
+
+    /// A new upstream request for `accepted`, carrying the quarantined (verified, complete)
+    /// pack instead of the client's bytes.
+    fn resend(
+        &self,
+        req: &Request,
+        accepted: &[&Command],
+        quarantine: Option<&Quarantine>,
+    ) -> Result<UpstreamRequest, String> {
+        let agent = crate::protocol::upload_pack::agent();
+        let head = forward::upstream_head(accepted, &req.caps, &req.push_options, &agent);
+        let upstream = self.start_upstream();
+        let send = |chunk: Bytes| {
+            upstream
+                .body
+                .blocking_send(Ok(chunk))
+                .map_err(|_| "the upstream stopped reading".to_owned())
+        };
+        send(Bytes::from(head))?;
+        if accepted.iter().any(|c| !c.is_delete())
+            && let Some(q) = quarantine
+        {
+            let path = q.pack().data_path();
+            let mut file = std::fs::File::open(&path)
+                .map_err(|e| format!("reading the received pack: {e}"))?;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| format!("reading the received pack: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                send(Bytes::copy_from_slice(&buf[..n]))?;
+            }
+        }
+        Ok(upstream)
+    }
+
     /// Stream the pack to the upstream (trailer held back) and into a quarantine; verify it.
     fn tee_pack(
         &self,
         input: &mut dyn Read,
         accepted: &[&Command],
-    ) -> Result<Option<codestorage_store::Quarantine>, TeeFailure> {
-        let sink = self.upstream_body.clone();
+        upstream: &UpstreamRequest,
+    ) -> Result<Option<Quarantine>, TeeFailure> {
+        let sink = upstream.body.clone();
         let limited = LimitedReader::new(input, self.limits.max_pack_bytes);
         let mut tee = Tee::new(limited, move |chunk: Vec<u8>| {
             sink.blocking_send(Ok(Bytes::from(chunk)))
@@ -370,7 +500,7 @@ impl Worker {
         &self,
         accepted: &[&Command],
         upstream: &UpstreamReport,
-        quarantine: Option<codestorage_store::Quarantine>,
+        quarantine: Option<Quarantine>,
     ) {
         let updates: Vec<RefUpdate> = accepted
             .iter()
@@ -388,10 +518,14 @@ impl Worker {
         }
         let lock = self.app.sync.repo_lock(&self.repo.record().name);
         let _guard = lock.blocking_lock();
+        let who = self
+            .identity
+            .as_ref()
+            .map_or_else(|| "push".to_owned(), |i| format!("push by {}", i.who()));
         let result = self.repo.commit(Transaction {
             ns: Namespace::Default,
             updates,
-            who: "push".into(),
+            who,
             atomic: false,
             quarantine,
         });
@@ -436,18 +570,14 @@ impl Worker {
         }
         let _ = self.client.write_all(&out);
         let _ = self.client.flush();
-        for (name, status) in accepted_statuses(req, upstream) {
-            tracing::info!(r#ref = %name, status = ?status, "forwarded push");
+        let who = self.identity.as_ref().map(Identity::who);
+        for c in &req.commands {
+            tracing::info!(
+                r#ref = %c.name,
+                status = ?upstream.status_of(&c.name),
+                who = who.as_deref().unwrap_or("-"),
+                "forwarded push"
+            );
         }
     }
-}
-
-fn accepted_statuses<'a>(
-    req: &'a Request,
-    upstream: &UpstreamReport,
-) -> Vec<(&'a str, Option<RefStatus>)> {
-    req.commands
-        .iter()
-        .map(|c| (c.name.as_str(), upstream.status_of(&c.name)))
-        .collect()
 }

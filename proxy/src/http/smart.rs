@@ -245,7 +245,7 @@ async fn receive_pack(
     }
     let (repo, ns) = resolve(app, repo_part)?;
     if forwards(&repo, ns) {
-        return super::push::forward(app, repo, req.into_body());
+        return super::push::forward(app, repo, None, req.into_body());
     }
     let gzip = req
         .headers()
@@ -278,7 +278,9 @@ async fn receive_pack(
         if request.commands.is_empty() {
             return;
         }
-        let report = local::apply(&repo, ns, &request, &mut input, limits, "push", &interrupt);
+        let report = local::apply(
+            &repo, ns, &request, &mut input, limits, "push", None, &interrupt,
+        );
         for (r, status) in &report.refs {
             tracing::info!(r#ref = %r, status = ?status, "push");
         }

@@ -6,8 +6,11 @@ use std::io::{self, BufRead, Read};
 use std::sync::atomic::AtomicBool;
 
 use codestorage_store::{
-    Expect, IngestOptions, Namespace, RefError, RefUpdate, RefValue, Repo, Transaction,
+    Expect, IngestOptions, Namespace, ObjectReader, RefError, RefUpdate, RefValue, Repo,
+    Transaction,
 };
+
+use crate::auth::policy::Policy;
 
 use super::{Command, RefStatus, Report, Request, refuse_name};
 
@@ -86,6 +89,7 @@ pub fn reason(e: &RefError, cmd: &Command) -> String {
 }
 
 /// Apply `req` (whose pack, if any, follows in `input`) to namespace `ns` of `repo`.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     repo: &Repo,
     ns: Namespace,
@@ -93,6 +97,7 @@ pub fn apply(
     input: &mut dyn BufRead,
     limits: Limits,
     who: &str,
+    policy: Option<&Policy>,
     interrupt: &AtomicBool,
 ) -> Report {
     let mut status: Vec<Option<RefStatus>> = req
@@ -156,6 +161,23 @@ pub fn apply(
             }
         }
         quarantine = None;
+    }
+    // The token's ref policy, now that every new commit is at hand.
+    if let Some(policy) = policy.filter(|p| !p.is_empty()) {
+        let mut reader = match &quarantine {
+            Some(q) => ObjectReader::with_extra(view.packs.clone(), q.pack().clone()),
+            None => view.reader(),
+        };
+        let decisions = super::check_policy(&req.commands, policy, &mut reader);
+        for (s, d) in status.iter_mut().zip(decisions) {
+            if s.is_none() {
+                match d {
+                    Some(Ok(())) => {}
+                    Some(Err(reason)) => *s = Some(RefStatus::Ng(reason)),
+                    None => *s = Some(RefStatus::Ng("missing necessary objects".into())),
+                }
+            }
+        }
     }
     if req.caps.atomic && status.iter().any(Option::is_some) {
         for s in &mut status {

@@ -289,6 +289,65 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
+/// How a command changes its ref, as ref policies see it; `None` while the new commit is not
+/// available yet (it is in a pack still to come).
+pub fn change_of(
+    cmd: &Command,
+    reader: &mut codestorage_store::ObjectReader,
+) -> Result<Option<crate::auth::policy::Change>, codestorage_store::StoreError> {
+    use crate::auth::policy::Change;
+    if cmd.is_delete() {
+        return Ok(Some(Change::Delete));
+    }
+    if cmd.old.is_null() {
+        return Ok(Some(Change::Create));
+    }
+    if !reader.contains(&cmd.new) {
+        return Ok(None);
+    }
+    Ok(Some(
+        if codestorage_store::repo::is_ancestor(reader, cmd.old, cmd.new)? {
+            Change::FastForward
+        } else {
+            Change::NonFastForward
+        },
+    ))
+}
+
+/// Check every command against `policy` where that is possible now: refusals by name and by
+/// kind of change. Commands whose outcome needs objects not yet received come back as `None`.
+pub fn check_policy(
+    commands: &[Command],
+    policy: &crate::auth::policy::Policy,
+    reader: &mut codestorage_store::ObjectReader,
+) -> Vec<Option<Result<(), String>>> {
+    commands
+        .iter()
+        .map(|c| {
+            if policy.is_empty() {
+                return Some(Ok(()));
+            }
+            match change_of(c, reader) {
+                Ok(Some(change)) => Some(policy.check(&c.name, change)),
+                Ok(None) => {
+                    // Whatever the kind of change, some rules decide already.
+                    let any = [
+                        crate::auth::policy::Change::FastForward,
+                        crate::auth::policy::Change::NonFastForward,
+                    ]
+                    .map(|ch| policy.check(&c.name, ch));
+                    match any {
+                        [Ok(()), Ok(())] => Some(Ok(())),
+                        [Err(e), Err(_)] => Some(Err(e)),
+                        _ => None,
+                    }
+                }
+                Err(e) => Some(Err(format!("cannot check the ref policy: {e}"))),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
