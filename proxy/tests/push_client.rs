@@ -136,7 +136,7 @@ async fn native_push_creates_updates_and_deletes_branches_upstream() {
     let data = tmp.path().join("data");
     let store = Store::open(&data).expect("store");
     store
-        .create_repo(&RepoName::new("proj").expect("name"), "main", None)
+        .create_repo(&RepoName::new("proj").expect("name"), "main", None, None)
         .expect("create");
     load(&store, "proj", &work, &c2);
     let view = store.repo("proj").expect("repo").view();

@@ -116,6 +116,23 @@ impl Index {
             })
     }
 
+    /// Forget a deleted repository: its record, name, refs and catalog.
+    pub fn remove_repo(&self, rec: &RepoRecord) -> Result<(), IndexError> {
+        for ns in Namespace::ALL {
+            for item in self.refs.scan_prefix(ref_prefix(&rec.id, ns)) {
+                let (k, _) = item?;
+                self.refs.remove(k)?;
+            }
+        }
+        self.catalogs.remove(rec.id.as_bytes())?;
+        self.records.remove(rec.id.as_bytes())?;
+        if self.names.get(rec.name.as_bytes())?.as_deref() == Some(rec.id.as_bytes()) {
+            self.names.remove(rec.name.as_bytes())?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// All records.
     pub fn records(&self) -> Result<Vec<RepoRecord>, IndexError> {
         let mut out = Vec::new();

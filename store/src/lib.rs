@@ -130,6 +130,7 @@ impl Store {
         let repos_dir = root.join("repos");
         fsutil::create_dir_all_durable(&repos_dir).map_err(StoreError::io("create", &repos_dir))?;
         let index = open_index(root)?;
+        let _ = std::fs::remove_dir_all(root.join("trash"));
         let mut repos = BTreeMap::new();
         let entries = std::fs::read_dir(&repos_dir).map_err(StoreError::io("read", &repos_dir))?;
         for e in entries.flatten() {
@@ -184,6 +185,30 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// Delete the repository `name`: it disappears at once (its directory moves to `trash/`,
+    /// which is emptied now and swept at start), and its index entries go.
+    pub fn delete_repo(&self, name: &str) -> Result<()> {
+        let _guard = self.create.lock().unwrap_or_else(|p| p.into_inner());
+        let repo = self
+            .repos
+            .write()
+            .ok()
+            .and_then(|mut m| m.remove(name))
+            .ok_or_else(|| StoreError::RepoNotFound(name.to_owned()))?;
+        let record = repo.record();
+        let trash = self.root.join("trash");
+        fsutil::create_dir_all_durable(&trash).map_err(StoreError::io("create", &trash))?;
+        let dest = trash.join(format!("{}-{:08x}", record.id, rand::random::<u32>()));
+        std::fs::rename(repo.dir(), &dest).map_err(StoreError::io("move to trash", repo.dir()))?;
+        fsutil::fsync_dir(&self.root.join("repos"))
+            .map_err(StoreError::io("fsync", self.root.join("repos")))?;
+        self.index.remove_repo(&record)?;
+        if let Err(e) = std::fs::remove_dir_all(&dest) {
+            tracing::warn!(error = %e, dir = %dest.display(), "could not empty the trash; it is swept at start");
+        }
+        Ok(())
+    }
+
     /// Create a repository. Its `HEAD` points at `refs/heads/<default_branch>` until a sync says
     /// otherwise.
     pub fn create_repo(
@@ -191,6 +216,7 @@ impl Store {
         name: &RepoName,
         default_branch: &str,
         upstream: Option<UpstreamRecord>,
+        org: Option<String>,
     ) -> Result<Arc<Repo>> {
         let _guard = self.create.lock().unwrap_or_else(|p| p.into_inner());
         if self.repo(name.as_str()).is_some() {
@@ -215,6 +241,7 @@ impl Store {
                 .unwrap_or(0),
             default_branch: default_branch.to_owned(),
             upstream,
+            org,
             first_synced_at: None,
         };
         let record_path = dir.join("record.json");

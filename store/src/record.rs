@@ -39,6 +39,10 @@ pub struct RepoRecord {
     /// The upstream, for mirrors; `None` for local-only repositories.
     #[serde(default)]
     pub upstream: Option<UpstreamRecord>,
+    /// The organisation that owns the repository (the `iss` of the token that created it);
+    /// `None` for the data directory's own organisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
     /// When the first sync from the upstream succeeded (unix seconds); until then a mirror
     /// serves nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]

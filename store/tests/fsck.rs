@@ -25,7 +25,7 @@ fn data() -> Data {
     let root = tmp.path().join("data");
     let store = Store::open(&root).expect("open");
     store
-        .create_repo(&RepoName::new("team/r").expect("name"), "main", None)
+        .create_repo(&RepoName::new("team/r").expect("name"), "main", None, None)
         .expect("create");
     let c1 = f.commits(3, "a");
     ingest(&store, "team/r", &f.pack(&c1, None), &c1, None);

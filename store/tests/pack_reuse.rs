@@ -51,7 +51,7 @@ fn full_clone_fast_path_over_packs_with_duplicates_is_a_valid_pack_of_every_obje
     let data = tempfile::tempdir().expect("tempdir");
     let store = Store::open(data.path()).expect("open store");
     store
-        .create_repo(&RepoName::new("r").expect("name"), "main", None)
+        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
         .expect("create");
 
     let c1 = f.commits(5, "a");
@@ -104,7 +104,7 @@ fn walked_incremental_packs_are_thin_and_exactly_rev_list_objects() {
     let data = tempfile::tempdir().expect("tempdir");
     let store = Store::open(data.path()).expect("open store");
     store
-        .create_repo(&RepoName::new("r").expect("name"), "main", None)
+        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
         .expect("create");
     let c1 = f.commits(4, "a");
     let c2 = f.commits(4, "b");
@@ -166,7 +166,7 @@ fn a_pack_missing_objects_fails_verification_and_changes_nothing() {
     let data = tempfile::tempdir().expect("tempdir");
     let store = Store::open(data.path()).expect("open store");
     store
-        .create_repo(&RepoName::new("r").expect("name"), "main", None)
+        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
         .expect("create");
     let c1 = f.commits(2, "a");
     let c2 = f.commits(2, "b");

@@ -367,7 +367,7 @@ fn server_harness_follows_the_cli_contract_with_a_fake_binary() {
         "base parsed from the listening line"
     );
     assert_eq!(
-        server.git_url("team/p"),
+        server.git_url_plain("team/p"),
         "http://127.0.0.1:9/team/p.git",
         "git URL"
     );
@@ -381,7 +381,7 @@ fn server_harness_follows_the_cli_contract_with_a_fake_binary() {
     assert!(out.success(), "fake CLI run\n{}", out.describe());
     assert_eq!(
         out.stdout.trim(),
-        "ran: --server http://127.0.0.1:9 repo list",
+        format!("ran: --server http://127.0.0.1:9 --data-dir {data} repo list"),
         "CLI arguments"
     );
 

@@ -15,6 +15,9 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The challenge sent with 401s, so git's credential helpers fire.
+const CHALLENGE: &str = "Basic realm=\"codestorage\"";
+
 impl ApiError {
     /// An error with `status` and `message`.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
@@ -29,6 +32,16 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 401: no usable token.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 403: a valid token that does not allow this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
@@ -40,14 +53,22 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
     }
 
+    fn builder(&self) -> http::response::Builder {
+        let b = Response::builder().status(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            b.header(header::WWW_AUTHENTICATE, CHALLENGE)
+        } else {
+            b
+        }
+    }
+
     /// As a JSON response (REST).
     pub fn json(&self) -> Response<Body> {
         if self.status.is_client_error() {
             tracing::debug!(status = %self.status, error = %self.message, "client error");
         }
         let body = serde_json::json!({ "error": self.message }).to_string();
-        Response::builder()
-            .status(self.status)
+        self.builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(full(body))
             .unwrap_or_else(|_| Response::new(full("internal server error")))
@@ -58,8 +79,7 @@ impl ApiError {
         if self.status.is_client_error() {
             tracing::debug!(status = %self.status, error = %self.message, "client error");
         }
-        Response::builder()
-            .status(self.status)
+        self.builder()
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .body(full(format!("{}\n", self.message)))
             .unwrap_or_else(|_| Response::new(full("internal server error")))

@@ -1,6 +1,7 @@
 //! HTTP: one entry point that routes a request to the git endpoints (`smart`) or the REST API
 //! (`rest`), plus health checks. Nothing else lives here.
 
+pub mod authz;
 pub mod body;
 pub mod error;
 pub mod push;

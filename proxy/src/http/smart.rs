@@ -9,9 +9,11 @@ use codestorage_store::{Namespace, Repo, RepoName};
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use super::authz;
 use super::body::{Body, ChannelReader, ChannelWriter, full, read_limited};
 use super::error::ApiError;
 use crate::app::App;
+use crate::auth::{Identity, Scope};
 use crate::protocol::pktline;
 use crate::protocol::receive_pack::{self, local};
 use crate::protocol::upload_pack::{self, Context};
@@ -43,8 +45,15 @@ pub fn parse_path(path: &str) -> Option<(&str, Service)> {
     None
 }
 
-/// Resolve the repository part (`team/project.git`, `x+ephemeral.git`) to a repository and namespace.
-fn resolve(app: &App, repo_part: &str) -> Result<(Arc<Repo>, Namespace), ApiError> {
+/// Authenticate the request and resolve the repository part (`team/project.git`,
+/// `x+ephemeral.git`) to a repository and namespace the token may use with `scope`.
+fn resolve(
+    app: &App,
+    headers: &HeaderMap,
+    repo_part: &str,
+    scope: Scope,
+) -> Result<(Arc<Repo>, Namespace, Identity), ApiError> {
+    let id = authz::identify(app, headers)?;
     let not_found = || ApiError::not_found(format!("repository '{repo_part}' not found"));
     let base = repo_part.strip_suffix(".git").unwrap_or(repo_part);
     let (name, ns) = match base.strip_suffix("+ephemeral") {
@@ -52,9 +61,11 @@ fn resolve(app: &App, repo_part: &str) -> Result<(Arc<Repo>, Namespace), ApiErro
         None => (base, Namespace::Default),
     };
     let name = RepoName::new(name).map_err(|_| not_found())?;
+    authz::check_claim(&id, name.as_str())?;
     let repo = app.store.repo(name.as_str()).ok_or_else(not_found)?;
+    authz::check_repo(app, &id, &repo, scope)?;
     match app.sync.gate(&repo) {
-        Gate::Ready => Ok((repo, ns)),
+        Gate::Ready => Ok((repo, ns, id)),
         Gate::Syncing => Err(ApiError::new(StatusCode::CONFLICT, SYNC_IN_PROGRESS)),
         Gate::Failed(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -113,7 +124,12 @@ async fn info_refs(
         .find_map(|kv| kv.strip_prefix("service="))
         .unwrap_or_default()
         .to_owned();
-    let (repo, ns) = resolve(app, repo_part)?;
+    let scope = if service == "git-receive-pack" {
+        Scope::GitWrite
+    } else {
+        Scope::GitRead
+    };
+    let (repo, ns, _id) = resolve(app, req.headers(), repo_part, scope)?;
     match service.as_str() {
         "git-upload-pack" => {}
         "git-receive-pack" => {
@@ -176,7 +192,7 @@ async fn upload_pack(
     if req.method() != http::Method::POST {
         return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
     }
-    let (repo, ns) = resolve(app, repo_part)?;
+    let (repo, ns, _id) = resolve(app, req.headers(), repo_part, Scope::GitRead)?;
     let v2 = wants_v2(req.headers());
     let encoding = req
         .headers()
@@ -243,9 +259,9 @@ async fn receive_pack(
     if req.method() != http::Method::POST {
         return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
     }
-    let (repo, ns) = resolve(app, repo_part)?;
+    let (repo, ns, id) = resolve(app, req.headers(), repo_part, Scope::GitWrite)?;
     if forwards(&repo, ns) {
-        return super::push::forward(app, repo, None, req.into_body());
+        return super::push::forward(app, repo, Some(id), req.into_body());
     }
     let gzip = req
         .headers()
@@ -278,11 +294,19 @@ async fn receive_pack(
         if request.commands.is_empty() {
             return;
         }
+        let who = format!("push by {}", id.who());
         let report = local::apply(
-            &repo, ns, &request, &mut input, limits, "push", None, &interrupt,
+            &repo,
+            ns,
+            &request,
+            &mut input,
+            limits,
+            &who,
+            Some(&id.policy),
+            &interrupt,
         );
         for (r, status) in &report.refs {
-            tracing::info!(r#ref = %r, status = ?status, "push");
+            tracing::info!(r#ref = %r, status = ?status, who = %id.who(), "push");
         }
         if let Err(e) = report.send(&request.caps, &mut writer) {
             tracing::debug!(error = %e, "client went away before the report");

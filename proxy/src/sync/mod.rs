@@ -311,6 +311,11 @@ impl SyncManager {
         }
     }
 
+    /// Stop tracking a deleted repository.
+    pub fn forget(&self, name: &str) {
+        self.slots().remove(name);
+    }
+
     /// Start tracking a new mirror and run its first sync now.
     pub fn add(self: &Arc<Self>, repo: Arc<Repo>) {
         self.request(repo);

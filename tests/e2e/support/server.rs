@@ -85,6 +85,7 @@ impl ServerBuilder {
             base: String::new(),
             stdout: Arc::new(Mutex::new(String::new())),
             stderr: Arc::new(Mutex::new(String::new())),
+            token: std::sync::OnceLock::new(),
         };
         server.spawn();
         server
@@ -103,6 +104,8 @@ pub struct Server {
     /// Everything the server printed, across restarts.
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// An admin token minted from the data dir's key, on first use.
+    token: std::sync::OnceLock<String>,
 }
 
 struct Running {
@@ -173,9 +176,42 @@ impl Server {
         &self.base
     }
 
-    /// `http://127.0.0.1:<port>/<name>.git`.
+    /// `http://t:<admin token>@127.0.0.1:<port>/<name>.git`: what git clients use.
     pub fn git_url(&self, name: &str) -> String {
+        self.git_url_with(name, &self.token())
+    }
+
+    /// `http://t:<token>@127.0.0.1:<port>/<name>.git`.
+    pub fn git_url_with(&self, name: &str, token: &str) -> String {
+        let base = self.base();
+        let rest = base.strip_prefix("http://").unwrap_or(base);
+        format!("http://t:{token}@{rest}/{name}.git")
+    }
+
+    /// `http://127.0.0.1:<port>/<name>.git`, without credentials.
+    pub fn git_url_plain(&self, name: &str) -> String {
         format!("{}/{name}.git", self.base())
+    }
+
+    /// An admin token (org-wide, every scope), minted from the data dir's key on first use.
+    pub fn token(&self) -> String {
+        self.token
+            .get_or_init(|| {
+                self.mint(&[
+                    "--repo", "org", "--scopes", "admin", "--ttl", "86400", "--sub", "e2e",
+                ])
+            })
+            .clone()
+    }
+
+    /// `codestorage token mint ARGS` on this server's data dir: the token.
+    #[track_caller]
+    pub fn mint(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "mint"];
+        all.extend_from_slice(args);
+        let out = self.data_cli(&all);
+        assert!(out.success(), "token mint failed\n{}", out.describe());
+        out.stdout.trim().to_owned()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -245,11 +281,16 @@ impl Server {
         self.spawn();
     }
 
-    /// `codestorage --server <base> ARGS`, whatever the outcome.
+    /// `codestorage --server <base> --data-dir <data> ARGS`, whatever the outcome (the CLI mints
+    /// its own admin token from the data dir's key).
     pub fn cli(&self, args: &[&str]) -> Out {
         let base = self.base().to_owned();
         let mut cmd = self.bin_command();
-        cmd.arg("--server").arg(base).args(args);
+        cmd.arg("--server")
+            .arg(base)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(args);
         run_command(&mut cmd, COMMAND_TIMEOUT)
     }
 
@@ -280,8 +321,29 @@ impl Server {
 
     // ---- REST ----
 
-    /// A request to `base + path`.
+    /// A request to `base + path`, with the admin token unless `headers` carry an
+    /// `Authorization` of their own.
     pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> HttpResponse {
+        if headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            return http::request(self.base(), method, path, headers, body);
+        }
+        let bearer = format!("Bearer {}", self.token());
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.push(("Authorization", &bearer));
+        http::request(self.base(), method, path, &all, body)
+    }
+
+    /// A request without any token.
+    pub fn request_anonymous(
         &self,
         method: &str,
         path: &str,

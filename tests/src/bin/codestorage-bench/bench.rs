@@ -14,7 +14,10 @@
 //! 7. Fetch of one new commit: a commit is added to the upstream, codestorage syncs it (untimed),
 //!    then `git fetch` in a clone that is one commit behind. The fetching clones are the same two
 //!    clones as in 5, so each run leaves them one commit behind the next run's commit.
-//! 8. Stop codestorage, run `codestorage fsck` on its data dir, and scan its log for warnings and
+//! 8. Pushes (`push.rs`): a small one, 50 MiB and 200 MiB, each a new branch pushed through
+//!    codestorage (forwarded write-through to the mirror's upstream) and directly to a second,
+//!    identical upstream repo served by git http-backend.
+//! 9. Stop codestorage, run `codestorage fsck` on its data dir, and scan its log for warnings and
 //!    errors.
 //!
 //! Server cost: for codestorage, CPU is the utime+stime delta of its process, peak RSS is
@@ -71,7 +74,7 @@ const CLIENT_GITCONFIG: &str = "\
 
 /// Which server an operation runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub(crate) enum Side {
     Cs,
     Git,
 }
@@ -124,21 +127,25 @@ impl AnonSampler {
     }
 }
 
-struct Bench<'a> {
-    tools: &'a Tools,
-    label: String,
-    runs: usize,
-    work: PathBuf,
-    clients: PathBuf,
-    client_home: PathBuf,
-    upstream: PathBuf,
-    cgi: Server,
-    cs: Server,
-    report: RepoReport,
+pub(crate) struct Bench<'a> {
+    pub(crate) tools: &'a Tools,
+    pub(crate) label: String,
+    pub(crate) runs: usize,
+    pub(crate) work: PathBuf,
+    pub(crate) clients: PathBuf,
+    pub(crate) client_home: PathBuf,
+    /// The upstream copy served by git-cgi-server as `<label>.git`.
+    pub(crate) upstream: PathBuf,
+    pub(crate) cgi: Server,
+    pub(crate) cs: Server,
+    /// Only the push phase (after one untimed first sync).
+    pub(crate) push_only: bool,
+    pub(crate) report: RepoReport,
 }
 
 /// Benchmarks the bare repo `source` under the name `label`, `runs` times per operation; work
 /// files go to `work` (everything but the logs and `results.json` is removed unless `keep`).
+/// `push_only`: only the pushes (step 8), after one untimed first sync.
 pub fn bench_repo(
     tools: &Tools,
     label: &str,
@@ -146,6 +153,7 @@ pub fn bench_repo(
     runs: usize,
     work: &Path,
     keep: bool,
+    push_only: bool,
 ) -> Result<RepoReport> {
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let dirs = ["upstream", "clients", "client-home", "cgi-home"];
@@ -195,6 +203,7 @@ pub fn bench_repo(
         upstream,
         cgi,
         cs,
+        push_only,
         report: RepoReport {
             label: label.to_owned(),
             source: source.display().to_string(),
@@ -227,6 +236,21 @@ pub fn bench_repo(
 
 impl Bench<'_> {
     fn run_phases(&mut self) -> Result<()> {
+        if self.push_only {
+            eprintln!(
+                "[{}] push only: first sync of the mirror (untimed)",
+                self.label
+            );
+            let url = self.url(Side::Git);
+            let sync = self
+                .cs_first_sync(&self.label, &url)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            self.report.notes.push(format!(
+                "--push-only: the other phases were skipped; the mirror's first sync took {:.2} s",
+                sync.wall_s
+            ));
+            return self.push_phase();
+        }
         self.initial_sync()?;
         let base = self.full_clone()?;
         // Two identical up-to-date mirror clones, one fetching from each server.
@@ -244,11 +268,12 @@ impl Bench<'_> {
         self.noop_fetch(&fetch_cs, &fetch_git)?;
         self.depth1_clone()?;
         self.fetch_one_commit(&fetch_cs, &fetch_git)?;
+        self.push_phase()?;
         Ok(())
     }
 
     /// A `git` command with the client environment, in `dir`.
-    fn git(&self, dir: Option<&Path>) -> Command {
+    pub(crate) fn git(&self, dir: Option<&Path>) -> Command {
         let mut cmd = Command::new("git");
         git_env(&mut cmd, Some(&self.client_home));
         if let Some(dir) = dir {
@@ -258,7 +283,7 @@ impl Bench<'_> {
     }
 
     /// The clone URL of the benchmarked repo on `side`.
-    fn url(&self, side: Side) -> String {
+    pub(crate) fn url(&self, side: Side) -> String {
         let base = match side {
             Side::Cs => &self.cs.base,
             Side::Git => &self.cgi.base,
@@ -267,7 +292,7 @@ impl Bench<'_> {
     }
 
     /// Run `i` (0-based) does codestorage first when `i` is even.
-    fn order(i: usize) -> [Side; 2] {
+    pub(crate) fn order(i: usize) -> [Side; 2] {
         if i.is_multiple_of(2) {
             [Side::Cs, Side::Git]
         } else {
@@ -275,7 +300,7 @@ impl Bench<'_> {
         }
     }
 
-    fn progress(&self, what: &str, i: usize) {
+    pub(crate) fn progress(&self, what: &str, i: usize) {
         eprintln!("[{}] {what}: run {}/{}", self.label, i + 1, self.runs);
     }
 
@@ -348,7 +373,7 @@ impl Bench<'_> {
     }
 
     /// Times `cmd` (which must succeed) and measures the server of `side` around it.
-    fn timed_git(&self, side: Side, mut cmd: Command) -> Result<Sample, String> {
+    pub(crate) fn timed_git(&self, side: Side, mut cmd: Command) -> Result<Sample, String> {
         let mark = self.mark(side).map_err(|e| format!("{e:#}"))?;
         let out = run_timed(&mut cmd, OP_TIMEOUT);
         let cost = self.measure(side, mark).map_err(|e| format!("{e:#}"))?;
@@ -374,6 +399,8 @@ impl Bench<'_> {
         op.cpu_label = "CPU: cs server | git client";
         op.rss_label = "cs server peak RSS";
         op.anon_label = "cs server peak anon RSS";
+        // The sync engine's goal: a first sync no slower than 1.2 x `git clone --mirror`.
+        op.target.wall_ratio = Some(1.2);
         let upstream_url = self.url(Side::Git);
         for i in 0..self.runs {
             self.progress("initial sync", i);
@@ -402,7 +429,7 @@ impl Bench<'_> {
     }
 
     /// Creates the mirror `name` and waits for its first sync; codestorage's cost around it.
-    fn cs_first_sync(&self, name: &str, upstream_url: &str) -> Result<Sample, String> {
+    pub(crate) fn cs_first_sync(&self, name: &str, upstream_url: &str) -> Result<Sample, String> {
         let mark = self.mark(Side::Cs).map_err(|e| format!("{e:#}"))?;
         let started = Instant::now();
         let body = json!({ "name": name, "base_repo": { "url": upstream_url } }).to_string();
@@ -625,13 +652,11 @@ impl Bench<'_> {
         for i in 0..self.runs {
             self.progress("fetch of one new commit", i);
             let new = self.add_upstream_commit(i)?;
-            let sync = run(Command::new(&self.tools.codestorage).args([
-                "--server",
-                &self.cs.base,
-                "repo",
-                "sync",
-                &self.label,
-            ]));
+            // `--data-dir`: the CLI authenticates with a token minted from the server's key.
+            let sync = run(Command::new(&self.tools.codestorage)
+                .arg("--data-dir")
+                .arg(self.work.join("cs-data"))
+                .args(["--server", &self.cs.base, "repo", "sync", &self.label]));
             if let Err(e) = sync {
                 op.push(true, Err(format!("`codestorage repo sync` failed: {e:#}")));
             }
@@ -830,11 +855,11 @@ fn repo_info(repo: &Path) -> Result<crate::report::RepoInfo> {
 }
 
 /// `[VmRSS, RssAnon, RssFile]` of codestorage, KiB.
-fn cs_memory(pid: u32) -> Option<[u64; 3]> {
+pub(crate) fn cs_memory(pid: u32) -> Option<[u64; 3]> {
     procfs::status_kbs(&pid.to_string(), ["VmRSS", "RssAnon", "RssFile"])
 }
 
-fn head_lines(text: &str, n: usize) -> String {
+pub(crate) fn head_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = lines[..lines.len().min(n)].join("\n");
     if lines.len() > n {

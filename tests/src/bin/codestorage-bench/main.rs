@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! codestorage-bench run [--small-only] [--large generate|PATH] [--repo PATH]
-//!                       [--runs N] [--large-runs N] [--keep]
+//!                       [--runs N] [--large-runs N] [--keep] [--push-only]
 //! codestorage-bench gen small|large DIR
 //! ```
 //!
@@ -14,12 +14,14 @@
 //!
 //! - `main.rs`: arguments, the repos to benchmark, the final tables.
 //! - `bench.rs`: the phases of one repo's benchmark and how each cost is measured.
+//! - `push.rs`: the push phase (through codestorage to a mirror's upstream, and direct).
 //! - `generate.rs`: deterministic synthetic repos (`git fast-import`).
 //! - `report.rs`: samples, medians, the table.
 //! - `util.rs`: commands, server processes, a tiny HTTP client.
 
 mod bench;
 mod generate;
+mod push;
 mod report;
 mod util;
 
@@ -33,7 +35,7 @@ use crate::generate::{GENERATOR_VERSION, Shape};
 
 const USAGE: &str = "\
 usage: codestorage-bench run [--small-only] [--large generate|PATH] [--repo PATH]
-                             [--runs N] [--large-runs N] [--keep]
+                             [--runs N] [--large-runs N] [--keep] [--push-only]
        codestorage-bench gen small|large DIR";
 
 struct RunArgs {
@@ -44,6 +46,8 @@ struct RunArgs {
     runs: usize,
     large_runs: usize,
     keep: bool,
+    /// Only the push phase (after one untimed first sync of the mirror).
+    push_only: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,6 +84,7 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
         runs: 5,
         large_runs: 3,
         keep: false,
+        push_only: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -91,6 +96,7 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
         match arg.as_str() {
             "--small-only" => out.small_only = true,
             "--keep" => out.keep = true,
+            "--push-only" => out.push_only = true,
             "--large" => {
                 let v = value()?;
                 out.large = (v != "generate").then(|| PathBuf::from(v));
@@ -200,7 +206,8 @@ fn run(args: RunArgs) -> Result<()> {
     let mut reports = Vec::new();
     for (label, path, runs) in &repos {
         let work = target.join("bench-work").join(format!("{label}-{stamp}"));
-        let report = bench::bench_repo(&tools, label, path, *runs, &work, args.keep)?;
+        let report =
+            bench::bench_repo(&tools, label, path, *runs, &work, args.keep, args.push_only)?;
         eprintln!("\n{}", report.render());
         reports.push(report);
     }

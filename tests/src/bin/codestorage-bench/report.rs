@@ -18,6 +18,17 @@ pub struct Sample {
     pub anon_kb: Option<f64>,
 }
 
+/// What an issue asks of an operation: printed under the table with the medians, met or missed.
+/// A figure to look at, not a test (nothing fails on it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target {
+    /// Largest median wall-time ratio codestorage / git http-backend.
+    pub wall_ratio: Option<f64>,
+    /// Largest median growth of codestorage's RSS during the operation, MiB: checked against
+    /// both the peak RSS and the peak anonymous RSS.
+    pub cs_rss_mib: Option<f64>,
+}
+
 /// One operation: every run against codestorage and against git http-backend.
 #[derive(Debug, Clone)]
 pub struct Op {
@@ -25,6 +36,7 @@ pub struct Op {
     pub cpu_label: &'static str,
     pub rss_label: &'static str,
     pub anon_label: &'static str,
+    pub target: Target,
     pub cs: Vec<Result<Sample, String>>,
     pub git: Vec<Result<Sample, String>>,
 }
@@ -36,6 +48,7 @@ impl Op {
             cpu_label: "server CPU",
             rss_label: "server peak RSS",
             anon_label: "server peak anon RSS",
+            target: Target::default(),
             cs: Vec::new(),
             git: Vec::new(),
         }
@@ -79,6 +92,8 @@ pub struct RepoReport {
     pub cs_stored_bytes: Option<u64>,
     /// codestorage's `[VmRSS, RssAnon, RssFile]` before the first full clone and at the end.
     pub cs_rss_before_clone: Option<[u64; 3]>,
+    /// The same before the first push.
+    pub cs_rss_before_push: Option<[u64; 3]>,
     pub cs_rss_at_end: Option<[u64; 3]>,
     pub ops: Vec<Op>,
     /// Verifications that passed, and facts about the setup.
@@ -161,6 +176,9 @@ impl RepoReport {
         if let Some(m) = self.cs_rss_before_clone {
             let _ = writeln!(out, "codestorage before the first full clone: {}", mem(m));
         }
+        if let Some(m) = self.cs_rss_before_push {
+            let _ = writeln!(out, "codestorage before the first push:       {}", mem(m));
+        }
         if let Some(m) = self.cs_rss_at_end {
             let _ = writeln!(out, "codestorage at the end of the run:       {}", mem(m));
         }
@@ -224,6 +242,7 @@ impl RepoReport {
                 first = false;
             }
         }
+        self.render_targets(&mut out);
         let _ = writeln!(
             out,
             "\ncodestorage log: {} lines, {} WARN, {} ERROR ({})",
@@ -263,6 +282,61 @@ impl RepoReport {
         out
     }
 
+    /// The operations' targets, with the medians they are about.
+    fn render_targets(&self, out: &mut String) {
+        let with_target: Vec<&Op> = self
+            .ops
+            .iter()
+            .filter(|op| op.target.wall_ratio.is_some() || op.target.cs_rss_mib.is_some())
+            .collect();
+        if with_target.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "\ntargets (from the issues; figures, not tests):");
+        let verdict = |value: f64, max: f64| {
+            if value <= max {
+                "met".to_owned()
+            } else {
+                format!("MISSED by {:.0}%", (value / max - 1.0) * 100.0)
+            }
+        };
+        for op in with_target {
+            let mut lines = Vec::new();
+            if let Some(max) = op.target.wall_ratio {
+                let (cs, _) = cell(&op.cs, |s| Some(s.wall_s));
+                let (git, _) = cell(&op.git, |s| Some(s.wall_s));
+                lines.push(match (cs, git) {
+                    (Some(a), Some(b)) if b > 0.0 => format!(
+                        "wall ratio {:.2} (target <= {max:.2}): {}",
+                        a / b,
+                        verdict(a / b, max)
+                    ),
+                    _ => format!("wall ratio: no median (target <= {max:.2})"),
+                });
+            }
+            if let Some(max) = op.target.cs_rss_mib {
+                let metrics: [(&str, Metric); 2] =
+                    [(op.rss_label, |s| s.rss_kb), (op.anon_label, |s| s.anon_kb)];
+                for (label, metric) in metrics {
+                    let (cs, _) = cell(&op.cs, metric);
+                    lines.push(match cs {
+                        Some(kb) => {
+                            let m = kb / 1024.0;
+                            format!(
+                                "codestorage {label} {m:.1} MiB (target <= {max:.0} MiB): {}",
+                                verdict(m, max)
+                            )
+                        }
+                        None => format!("codestorage {label}: no median (target <= {max:.0} MiB)"),
+                    });
+                }
+            }
+            for (i, line) in lines.iter().enumerate() {
+                let _ = writeln!(out, "  {:<30} {line}", if i == 0 { op.name } else { "" });
+            }
+        }
+    }
+
     /// Everything, every sample included.
     pub fn to_json(&self) -> Value {
         let samples = |v: &[Result<Sample, String>]| -> Vec<Value> {
@@ -287,12 +361,17 @@ impl RepoReport {
             "pack_bytes": self.info.pack_bytes,
             "cs_stored_bytes": self.cs_stored_bytes,
             "cs_rss_before_clone_kb": self.cs_rss_before_clone,
+            "cs_rss_before_push_kb": self.cs_rss_before_push,
             "cs_rss_at_end_kb": self.cs_rss_at_end,
             "runs": self.runs,
             "operations": self.ops.iter().map(|op| json!({
                 "name": op.name,
                 "cpu": op.cpu_label,
                 "rss": op.rss_label,
+                "target": {
+                    "wall_ratio_max": op.target.wall_ratio,
+                    "cs_rss_mib_max": op.target.cs_rss_mib,
+                },
                 "codestorage": samples(&op.cs),
                 "git_http_backend": samples(&op.git),
             })).collect::<Vec<_>>(),

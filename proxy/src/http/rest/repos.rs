@@ -1,118 +1,20 @@
-//! The REST API (`/api/repos…`), per `shared/spec/compat.md` §5 and §7: create, list and show
-//! repositories, and ask for a sync. Errors are JSON `{"error": …}` with the status decided in
-//! `error.rs`.
+//! Repository routes: create (local or mirror, with the provider host map), list, show,
+//! delete, pull-upstream.
 
 use std::sync::Arc;
 
 use codestorage_store::{Repo, RepoName, StoreError, UpstreamRecord};
-use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::body::{Body, full, read_limited};
-use super::error::ApiError;
+use super::{Call, json_response};
 use crate::app::App;
-use crate::sync::{Gate, SYNC_IN_PROGRESS};
+use crate::auth::{Identity, Scope};
+use crate::http::authz;
+use crate::http::body::Body;
+use crate::http::error::ApiError;
 use crate::time::rfc3339;
-
-/// Largest JSON request body accepted.
-const MAX_JSON: usize = 1 << 20;
-
-fn json_response(status: StatusCode, value: Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(full(value.to_string()))
-        .unwrap_or_else(|_| Response::new(full("{}")))
-}
-
-/// Decode `%XX` escapes (names may arrive as `owner%2Fname`).
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
-    req.uri()
-        .query()?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| percent_decode(&v.replace('+', " ")))
-}
-
-/// Route a request under `/api/`.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_owned();
-    let result = match (req.method().clone(), path.as_str()) {
-        (Method::POST, "/api/repos") => create(&app, req).await,
-        (Method::GET, "/api/repos") => list(&app, &req),
-        (_, "/api/repos") => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-        )),
-        (method, p) => match p.strip_prefix("/api/repos/").and_then(percent_decode) {
-            Some(rest) => repo_route(&app, method, &rest),
-            None => Err(ApiError::not_found("no such API route")),
-        },
-    };
-    result.unwrap_or_else(|e| e.json())
-}
-
-fn find(app: &App, name: &str) -> Result<Arc<Repo>, ApiError> {
-    RepoName::new(name)
-        .ok()
-        .and_then(|n| app.store.repo(n.as_str()))
-        .ok_or_else(|| ApiError::not_found("Repository doesn't exist"))
-}
-
-fn repo_route(app: &Arc<App>, method: Method, rest: &str) -> Result<Response<Body>, ApiError> {
-    if method == Method::POST
-        && let Some(name) = rest.strip_suffix("/pull-upstream")
-    {
-        return pull_upstream(app, name);
-    }
-    if method == Method::GET
-        && let Ok(repo) = find(app, rest)
-    {
-        return Ok(json_response(StatusCode::OK, show(app, &repo)));
-    }
-    // Any other route of an existing repository: the sync gate comes first.
-    let mut parts = rest.rsplitn(2, '/');
-    let _route = parts.next();
-    if let Some(name) = parts.next()
-        && let Ok(repo) = find(app, name)
-    {
-        gate(app, &repo)?;
-        return Err(ApiError::not_found("no such API route"));
-    }
-    Err(ApiError::not_found("Repository doesn't exist"))
-}
-
-/// The sync gate for REST routes other than show and pull-upstream.
-fn gate(app: &App, repo: &Repo) -> Result<(), ApiError> {
-    match app.sync.gate(repo) {
-        Gate::Ready => Ok(()),
-        Gate::Syncing => Err(ApiError::new(StatusCode::CONFLICT, SYNC_IN_PROGRESS)),
-        Gate::Failed(e) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("the first sync failed: {e}"),
-        )),
-    }
-}
 
 #[derive(Debug, Deserialize, Default)]
 struct BaseRepo {
@@ -124,9 +26,11 @@ struct BaseRepo {
     url: Option<String>,
 }
 
+/// The create-repo body (compat.md §5.5).
 #[derive(Debug, Deserialize)]
-struct CreateBody {
-    name: Option<String>,
+pub(super) struct CreateBody {
+    /// The name (new routes; the legacy route takes it from the token).
+    pub(super) name: Option<String>,
     default_branch: Option<String>,
     base_repo: Option<BaseRepo>,
 }
@@ -196,17 +100,20 @@ fn upstream_url(base: &BaseRepo) -> Result<String, ApiError> {
     })
 }
 
-async fn create(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let bytes = read_limited(req.into_body(), MAX_JSON, None)
-        .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let body: CreateBody = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let name = body
-        .name
-        .as_deref()
-        .ok_or_else(|| ApiError::bad_request("name is required"))?;
+/// Create a repository called `name` (a mirror when the body has `base_repo`).
+pub(super) async fn create(
+    app: &Arc<App>,
+    id: &Identity,
+    name: Option<&str>,
+    call: &Call,
+) -> Result<Response<Body>, ApiError> {
+    let body: CreateBody = call.body()?;
+    let name = name.ok_or_else(|| ApiError::bad_request("name is required"))?;
     let name = RepoName::new(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    authz::check_claim(id, name.as_str())?;
+    if !id.has(Scope::RepoWrite) {
+        return Err(ApiError::forbidden("token lacks the repo:write scope"));
+    }
     let upstream = match &body.base_repo {
         Some(base) => {
             let url = upstream_url(base)?;
@@ -229,22 +136,26 @@ async fn create(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>
         .and_then(|b| b.default_branch.clone())
         .or(body.default_branch)
         .unwrap_or_else(|| "main".to_owned());
+    // The repository belongs to the token's organisation (the data directory's own for its
+    // admin tokens).
+    let org = (!id.local_org).then(|| id.claims.iss.clone());
     let is_mirror = upstream.is_some();
     let store = app.store.clone();
-    let repo =
-        tokio::task::spawn_blocking(move || store.create_repo(&name, &default_branch, upstream))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| match e {
-                StoreError::RepoExists(_) => ApiError::new(
-                    StatusCode::CONFLICT,
-                    "Repository already exists or already has an upstream configured",
-                ),
-                StoreError::Invalid(m) => ApiError::bad_request(m),
-                other => ApiError::internal(other),
-            })?;
+    let repo = tokio::task::spawn_blocking(move || {
+        store.create_repo(&name, &default_branch, upstream, org)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| match e {
+        StoreError::RepoExists(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "Repository already exists or already has an upstream configured",
+        ),
+        StoreError::Invalid(m) => ApiError::bad_request(m),
+        other => ApiError::internal(other),
+    })?;
     let record = repo.record();
-    tracing::info!(repo = %record.name, mirror = is_mirror, "repository created");
+    tracing::info!(repo = %record.name, mirror = is_mirror, who = %id.who(), "repository created");
     if is_mirror {
         app.sync.add(repo);
     }
@@ -298,34 +209,29 @@ fn summary(repo: &Repo) -> Value {
     })
 }
 
-fn show(app: &App, repo: &Repo) -> Value {
+/// `GET` a repository: record and sync state.
+pub(super) fn show(app: &App, id: &Identity, repo: &Repo) -> Result<Response<Body>, ApiError> {
+    authz::check_repo(app, id, repo, Scope::GitRead)?;
     let mut v = summary(repo);
     let status = app.sync.status(repo);
     v["sync"] = serde_json::to_value(&status).unwrap_or(Value::Null);
-    v
+    Ok(json_response(StatusCode::OK, v))
 }
 
-fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let limit = match query_param(req, "limit") {
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| ApiError::bad_request("limit must be between 1 and 100"))?,
-        None => 20,
-    };
-    let cursor = query_param(req, "cursor");
-    let q = query_param(req, "q");
+/// List the organisation's repositories (all of them for the data directory's admin).
+pub(super) fn list(app: &App, id: &Identity, call: &Call) -> Result<Response<Body>, ApiError> {
+    authz::check_org(id, Scope::OrgRead)?;
+    let limit = call.limit(20, 100)?;
+    let cursor = call.query("cursor");
+    let q = call.query("q");
+    let all = id.local_org && id.has(Scope::Admin);
     let mut repos: Vec<Arc<Repo>> = app
         .store
         .repos()
         .into_iter()
-        .filter(|r| q.as_deref().is_none_or(|q| r.record().name.contains(q)))
-        .filter(|r| {
-            cursor
-                .as_deref()
-                .is_none_or(|c| r.record().name.as_str() > c)
-        })
+        .filter(|r| all || authz::org_of(app, r) == id.claims.iss)
+        .filter(|r| q.is_none_or(|q| r.record().name.contains(q)))
+        .filter(|r| cursor.is_none_or(|c| r.record().name.as_str() > c))
         .collect();
     repos.sort_by_key(|r| r.record().name);
     let has_more = repos.len() > limit;
@@ -345,8 +251,40 @@ fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> 
     ))
 }
 
-fn pull_upstream(app: &Arc<App>, name: &str) -> Result<Response<Body>, ApiError> {
-    let repo = find(app, name)?;
+/// Delete a repository: its refs and records at once.
+pub(super) async fn delete(
+    app: &Arc<App>,
+    id: &Identity,
+    repo: &Repo,
+) -> Result<Response<Body>, ApiError> {
+    authz::check_repo(app, id, repo, Scope::RepoWrite)?;
+    let name = repo.record().name;
+    let store = app.store.clone();
+    let gone = name.clone();
+    tokio::task::spawn_blocking(move || store.delete_repo(&gone))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            StoreError::RepoNotFound(_) => {
+                ApiError::new(StatusCode::CONFLICT, "Repository already deleted")
+            }
+            other => ApiError::internal(other),
+        })?;
+    app.sync.forget(&name);
+    tracing::info!(repo = %name, who = %id.who(), "repository deleted");
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "message": "Repository deleted", "repo_id": name }),
+    ))
+}
+
+/// Ask for a sync (202; it runs asynchronously).
+pub(super) fn pull_upstream(
+    app: &Arc<App>,
+    id: &Identity,
+    repo: Arc<Repo>,
+) -> Result<Response<Body>, ApiError> {
+    authz::check_repo(app, id, &repo, Scope::GitWrite)?;
     if repo.record().upstream.is_none() {
         return Err(ApiError::bad_request(
             "Repository has no upstream configured",
@@ -386,14 +324,5 @@ mod tests {
             Some("https://git.example.com/group/sub/proj.git".into())
         );
         assert!(upstream_url(&base("nope", None)).is_err());
-    }
-
-    #[test]
-    fn percent_decoding_handles_slashes() {
-        assert_eq!(
-            percent_decode("team%2Fproject").as_deref(),
-            Some("team/project")
-        );
-        assert_eq!(percent_decode("bad%zz"), None);
     }
 }
