@@ -7,16 +7,18 @@
 //! so the store keeps the invariant "each stored object's closure is stored". Only
 //! [`crate::Repo::commit`] moves a quarantine into `objects/pack`; dropping one deletes it.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use gix_hash::ObjectId;
+use gix_hash::{ObjectId, oid};
 use gix_object::Kind;
 
 use crate::error::{Result, StoreError};
+use crate::graph::GraphCommit;
 use crate::objects::{EntryKind, TreeEntries, parse_commit, parse_tag};
 use crate::packs::{FindAdapter, ObjectReader, Pack, PackSet};
 use crate::refs::Namespace;
@@ -43,7 +45,7 @@ impl Default for IngestOptions {
 }
 
 /// The result of [`Quarantine::verify`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Verified {
     /// The namespace the tips are for.
     pub ns: Namespace,
@@ -53,6 +55,8 @@ pub struct Verified {
     pub pack_reachable: bool,
     /// Every store object the walk stopped at lies in a pack serving `ns`.
     pub stops_in_ns: bool,
+    /// The commits the pack adds to the store, parsed (for the commit graph).
+    pub commits: Vec<GraphCommit>,
 }
 
 /// A received, indexed pack that is not yet part of the store.
@@ -174,7 +178,8 @@ impl Quarantine {
             ns,
             stops_in_ns: true,
             buf: Vec::new(),
-            stack: Vec::new(),
+            queue: BinaryHeap::new(),
+            commits: Vec::new(),
         };
         for tip in tips {
             walk.run(*tip)?;
@@ -196,8 +201,16 @@ impl Quarantine {
             tips: tips.iter().copied().collect(),
             pack_reachable,
             stops_in_ns: walk.stops_in_ns,
+            commits: walk.commits,
         });
         self.verified.as_ref().ok_or(StoreError::Interrupted)
+    }
+
+    /// The commits the last verification parsed (taken: later calls get `None`).
+    pub(crate) fn take_commits(&mut self) -> Option<Vec<GraphCommit>> {
+        self.verified
+            .as_mut()
+            .map(|v| std::mem::take(&mut v.commits))
     }
 
     /// Detach the directory from this value so dropping it no longer deletes anything.
@@ -225,6 +238,9 @@ impl Drop for DirGuard {
     }
 }
 
+/// The connectivity walk over a quarantined pack. Objects of the pack are decoded in pack
+/// order (a min-heap by offset), so a delta's base was usually decoded just before and is in the
+/// cache: far cheaper than a depth-first order on large packs.
 struct ClosureWalk {
     reader: ObjectReader,
     store: Arc<PackSet>,
@@ -233,34 +249,44 @@ struct ClosureWalk {
     ns: Namespace,
     stops_in_ns: bool,
     buf: Vec<u8>,
-    stack: Vec<(ObjectId, Option<Kind>)>,
+    queue: BinaryHeap<Reverse<(u64, u32, Option<Kind>)>>,
+    commits: Vec<GraphCommit>,
 }
 
 impl ClosureWalk {
+    /// Account for a reference to `id` (expected to be a `kind`): a stop if the store has it,
+    /// queued if the pack has it and it is new, an error if nobody has it.
+    fn reach(&mut self, id: &oid, kind: Option<Kind>) -> Result<()> {
+        // Objects the store has already have their closure there: the walk stops at them
+        // (including the bases a thin pack's completion appended, which are copies).
+        if self.store.contains(id) {
+            if !self.store.contains_in(id, self.ns) {
+                self.stops_in_ns = false;
+            }
+            return Ok(());
+        }
+        let Some(index) = self.pack.lookup(id) else {
+            return Err(StoreError::MissingObject(id.to_owned()));
+        };
+        let slot = &mut self.visited[index as usize];
+        if *slot {
+            return Ok(());
+        }
+        *slot = true;
+        if kind == Some(Kind::Blob) {
+            // Blobs reference nothing: that one exists is all the walk needs (indexing already
+            // hashed it); decompressing it would be most of the work.
+            return Ok(());
+        }
+        let offset = self.pack.index().pack_offset_at_index(index);
+        self.queue.push(Reverse((offset, index, kind)));
+        Ok(())
+    }
+
     fn run(&mut self, root: ObjectId) -> Result<()> {
-        self.stack.push((root, None));
-        while let Some((id, expected)) = self.stack.pop() {
-            // Objects the store has already have their closure there: the walk stops at them
-            // (including the bases a thin pack's completion appended, which are copies).
-            if self.store.contains(&id) {
-                if !self.store.contains_in(&id, self.ns) {
-                    self.stops_in_ns = false;
-                }
-                continue;
-            }
-            let Some(index) = self.pack.lookup(&id) else {
-                return Err(StoreError::MissingObject(id));
-            };
-            let slot = &mut self.visited[index as usize];
-            if *slot {
-                continue;
-            }
-            *slot = true;
-            if expected == Some(Kind::Blob) {
-                // Blobs reference nothing: that one exists is all the walk needs (indexing
-                // already hashed it); decompressing it would be most of the work.
-                continue;
-            }
+        self.reach(&root, None)?;
+        while let Some(Reverse((_, index, expected))) = self.queue.pop() {
+            let id = self.pack.oid_at(index);
             let (kind, data) = self.reader.must_find(&id, &mut self.buf)?;
             if let Some(expected) = expected
                 && expected != kind
@@ -270,27 +296,28 @@ impl ClosureWalk {
                     reason: format!("expected a {expected}, found a {kind}"),
                 });
             }
+            let mut refs: Vec<(ObjectId, Option<Kind>)> = Vec::new();
             match kind {
                 Kind::Commit => {
                     let info = parse_commit(data).ok_or_else(|| StoreError::BadObject {
                         id,
                         reason: "unparseable commit".into(),
                     })?;
-                    self.stack.push((info.tree, Some(Kind::Tree)));
-                    for p in info.parents {
-                        self.stack.push((p, Some(Kind::Commit)));
-                    }
+                    refs.push((info.tree, Some(Kind::Tree)));
+                    refs.extend(info.parents.iter().map(|p| (*p, Some(Kind::Commit))));
+                    self.commits.push(GraphCommit {
+                        id,
+                        tree: info.tree,
+                        parents: info.parents,
+                        commit_time: info.time,
+                    });
                 }
                 Kind::Tree => {
                     let mut entries = TreeEntries::new(data);
                     for (k, child, _) in entries.by_ref() {
                         match k {
-                            EntryKind::Tree => {
-                                self.stack.push((child.to_owned(), Some(Kind::Tree)))
-                            }
-                            EntryKind::Blob => {
-                                self.stack.push((child.to_owned(), Some(Kind::Blob)))
-                            }
+                            EntryKind::Tree => refs.push((child.to_owned(), Some(Kind::Tree))),
+                            EntryKind::Blob => refs.push((child.to_owned(), Some(Kind::Blob))),
                             EntryKind::Gitlink => {}
                         }
                     }
@@ -307,9 +334,12 @@ impl ClosureWalk {
                             id,
                             reason: "unparseable tag".into(),
                         })?;
-                    self.stack.push((target, Some(target_kind)));
+                    refs.push((target, Some(target_kind)));
                 }
                 Kind::Blob => {}
+            }
+            for (child, kind) in refs {
+                self.reach(&child, kind)?;
             }
         }
         Ok(())

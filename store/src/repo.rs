@@ -367,7 +367,9 @@ impl Repo {
         let closed = self.closed_after(&w.state.catalog, &view, &tx, &applied, &table)?;
         let pack_dir = self.dir.join("objects").join("pack");
         let mut new_pack = None;
-        if let Some(q) = tx.quarantine {
+        let mut new_commits = None;
+        if let Some(mut q) = tx.quarantine {
+            new_commits = q.take_commits();
             let (qdir, qpack) = q.into_parts();
             let name = qpack.name().to_owned();
             drop(qpack);
@@ -414,9 +416,12 @@ impl Repo {
             Arc::new(w.state.refs.get(&tx.ns).cloned().unwrap_or_default()),
         );
         let commit_graph = match &new_pack {
-            Some(name) if !view.packs.packs().iter().any(|p| p.name() == name) => {
-                extend_graph(&self.dir.join("objects"), view.graph.as_deref(), &packs)
-            }
+            Some(name) if !view.packs.packs().iter().any(|p| p.name() == name) => extend_graph(
+                &self.dir.join("objects"),
+                view.graph.as_deref(),
+                &packs,
+                new_commits,
+            ),
             _ => view.graph.clone(),
         };
         let next = View::new(packs, refs, w.state.catalog.clone(), commit_graph);
@@ -695,18 +700,34 @@ fn build_graph(objects: &Path, packs: &Arc<PackSet>) -> Option<Arc<CommitGraph>>
     })
 }
 
-/// Add the commits of the newest pack of `packs` to the graph (or rebuild it if it has gaps).
+/// Add the commits of the newest pack of `packs` (`known` if the caller parsed them already)
+/// to the graph (or rebuild it if it has gaps).
 fn extend_graph(
     objects: &Path,
     current: Option<&CommitGraph>,
     packs: &Arc<PackSet>,
+    known: Option<Vec<GraphCommit>>,
 ) -> Option<Arc<CommitGraph>> {
     let Some(current) = current else {
+        // The first pack: what verification parsed is all there is.
+        if let (Some(commits), 1) = (known, packs.packs().len()) {
+            let _ = graph::remove_all(objects);
+            return match graph::append_layer(objects, commits) {
+                Ok(_) => open_graph(objects),
+                Err(e) => {
+                    tracing::info!(error = %e, "rebuilding the commit graph");
+                    build_graph(objects, packs)
+                }
+            };
+        }
         return build_graph(objects, packs);
     };
     let newest = packs.packs().last().cloned();
     let result = (|| -> Result<()> {
-        let commits = commits_of(newest.as_slice(), packs, Some(current))?;
+        let commits = match known {
+            Some(c) => c.into_iter().filter(|c| !current.contains(&c.id)).collect(),
+            None => commits_of(newest.as_slice(), packs, Some(current))?,
+        };
         graph::append_layer(objects, commits)
             .map_err(|e| StoreError::Invalid(format!("commit graph: {e}")))?;
         Ok(())

@@ -12,13 +12,14 @@
 //! upstream's report plus our own `ng` lines; kick a background sync. An async task carries
 //! each upstream HTTP request. Memory stays bounded: both directions go through small channels.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use codestorage_store::{
-    Expect, IngestOptions, Namespace, ObjectReader, Quarantine, RefUpdate, RefValue, Repo,
-    Transaction,
+    Expect, IngestOptions, Namespace, ObjectId, ObjectReader, Quarantine, RefUpdate, RefValue,
+    Repo, Transaction,
 };
 use http::{Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -34,6 +35,7 @@ use crate::protocol::receive_pack::local::{LimitedReader, Limits};
 use crate::protocol::receive_pack::{
     self, Command, RefStatus, Report, Request, check_policy, refuse_name,
 };
+use crate::upstream::push::advertised_refs;
 use crate::upstream::{UpstreamClient, UpstreamError};
 
 fn upstream_url(repo: &Repo) -> Result<String, ApiError> {
@@ -43,21 +45,37 @@ fn upstream_url(repo: &Repo) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::internal("forwarding a push for a repository without upstream"))
 }
 
-/// `info/refs?service=git-receive-pack` of a mirror: sync first, so the client's pack fits
-/// both the upstream and us, then advertise our refs with the capabilities both sides have.
+/// `info/refs?service=git-receive-pack` of a mirror: make sure we hold the upstream's current
+/// tips (the client's pack then fits both sides) — the upstream's own advertisement says, and a
+/// (coalesced) sync runs when ours differ — then advertise our refs with the capabilities both
+/// sides have.
 pub async fn advertise(app: &Arc<App>, repo: Arc<Repo>) -> Result<Response<Body>, ApiError> {
     let url = upstream_url(&repo)?;
-    app.sync.sync_wait(repo.clone()).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("could not sync from the upstream before the push: {e}"),
-        )
-    })?;
     let upstream = app
         .upstream
         .receive_pack_advertisement(&url)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let followed = |name: &str| name.starts_with("refs/heads/") || name.starts_with("refs/tags/");
+    let theirs: BTreeMap<String, ObjectId> = advertised_refs(&upstream)
+        .into_iter()
+        .filter(|(n, _)| followed(n))
+        .collect();
+    let ours: BTreeMap<String, ObjectId> = repo
+        .view()
+        .refs(Namespace::Default)
+        .iter()
+        .filter(|(n, _)| followed(n))
+        .filter_map(|(n, v)| Some((n.clone(), v.id()?)))
+        .collect();
+    if theirs != ours {
+        app.sync.sync_wait(repo.clone()).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("could not sync from the upstream before the push: {e}"),
+            )
+        })?;
+    }
     let caps = forward::common_caps(&forward::advertised_caps(&upstream));
     let mut body = Vec::new();
     pktline::line(&mut body, "# service=git-receive-pack");

@@ -4,7 +4,11 @@
 //! 1. Prepare the upstream: a local mirror clone of the source repo (hardlinked), repacked into
 //!    one pack with a bitmap (unless it already is) and given a commit-graph. It is served by
 //!    `git-cgi-server`, which is both the upstream that codestorage mirrors from and the baseline.
-//! 2. Start `codestorage serve` on a fresh data dir (`RUST_LOG=codestorage=debug` to a log file).
+//! 2. Start `codestorage serve` on a fresh data dir (`RUST_LOG=codestorage=debug` to a log file)
+//!    and, once it listens (its signing key then exists), mint an admin token with
+//!    `codestorage token mint`. Every request to codestorage carries it: git URLs as
+//!    `http://t:<token>@HOST/<name>.git` (HTTP Basic), REST calls as `Authorization: Bearer`.
+//!    git-cgi-server (upstream and baseline) takes no token.
 //! 3. Initial sync: `POST /api/repos` until `sync.last_success_at` is set, against
 //!    `git clone --mirror` from the baseline. The first mirror is the one every later phase uses.
 //! 4. Full clone (`git clone --mirror`), with the server's CPU and peak RSS. The first run checks
@@ -41,7 +45,7 @@ use codestorage_tests::procfs;
 use serde_json::{Value, json};
 
 use crate::report::{Op, RepoReport, Sample};
-use crate::util::{Server, describe, dir_size, git_env, http, run, run_timed};
+use crate::util::{Server, describe, dir_size, git_env, http, run, run_timed, with_token};
 
 /// Where the binaries are.
 pub struct Tools {
@@ -138,6 +142,8 @@ pub(crate) struct Bench<'a> {
     pub(crate) upstream: PathBuf,
     pub(crate) cgi: Server,
     pub(crate) cs: Server,
+    /// Admin token for codestorage (minted once, after it started).
+    pub(crate) cs_token: String,
     /// Only the push phase (after one untimed first sync).
     pub(crate) push_only: bool,
     pub(crate) report: RepoReport,
@@ -192,6 +198,7 @@ pub fn bench_repo(
         .env("RUST_LOG", "codestorage=debug")
         .env("NO_COLOR", "1");
     let cs = Server::start(cs_cmd, &work.join("codestorage.log"))?;
+    let cs_token = mint_admin_token(&tools.codestorage, &work.join("cs-data"))?;
 
     let mut bench = Bench {
         tools,
@@ -203,6 +210,7 @@ pub fn bench_repo(
         upstream,
         cgi,
         cs,
+        cs_token,
         push_only,
         report: RepoReport {
             label: label.to_owned(),
@@ -282,13 +290,23 @@ impl Bench<'_> {
         cmd
     }
 
-    /// The clone URL of the benchmarked repo on `side`.
+    /// The clone URL of the benchmarked repo on `side` (for codestorage, with the token).
     pub(crate) fn url(&self, side: Side) -> String {
         let base = match side {
-            Side::Cs => &self.cs.base,
-            Side::Git => &self.cgi.base,
+            Side::Cs => with_token(&self.cs.base, &self.cs_token),
+            Side::Git => self.cgi.base.clone(),
         };
         format!("{base}/{}.git", self.label)
+    }
+
+    /// One REST call to codestorage, with the admin token.
+    pub(crate) fn cs_api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String)> {
+        http(method, &self.cs.base, path, body, Some(&self.cs_token))
     }
 
     /// Run `i` (0-based) does codestorage first when `i` is even.
@@ -365,7 +383,7 @@ impl Bench<'_> {
         } else {
             "/__stats"
         };
-        let (status, body) = http("GET", &self.cgi.base, path, None)?;
+        let (status, body) = http("GET", &self.cgi.base, path, None, None)?;
         if status != 200 {
             bail!("git-cgi-server {path} answered {status}: {body}");
         }
@@ -433,13 +451,15 @@ impl Bench<'_> {
         let mark = self.mark(Side::Cs).map_err(|e| format!("{e:#}"))?;
         let started = Instant::now();
         let body = json!({ "name": name, "base_repo": { "url": upstream_url } }).to_string();
-        let (status, text) =
-            http("POST", &self.cs.base, "/api/repos", Some(&body)).map_err(|e| format!("{e:#}"))?;
+        let (status, text) = self
+            .cs_api("POST", "/api/repos", Some(&body))
+            .map_err(|e| format!("{e:#}"))?;
         if status != 201 {
             return Err(format!("POST /api/repos answered {status}: {text}"));
         }
         loop {
-            let (status, text) = http("GET", &self.cs.base, &format!("/api/repos/{name}"), None)
+            let (status, text) = self
+                .cs_api("GET", &format!("/api/repos/{name}"), None)
                 .map_err(|e| format!("{e:#}"))?;
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let sync = &v["sync"];
@@ -775,6 +795,20 @@ impl Bench<'_> {
             ));
         }
     }
+}
+
+/// Mints an admin token (one day) from the signing key in codestorage's data dir `data` (created
+/// when the server first started).
+fn mint_admin_token(codestorage: &Path, data: &Path) -> Result<String> {
+    let out = run(Command::new(codestorage).arg("--data-dir").arg(data).args([
+        "token", "mint", "--repo", "org", "--scopes", "admin", "--ttl", "86400", "--sub", "bench",
+    ]))
+    .context("minting codestorage's admin token")?;
+    let token = out.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        bail!("`codestorage token mint` printed {out:?}, not a token");
+    }
+    Ok(token.to_owned())
 }
 
 /// Copies `source` to `dest` (a hardlinked mirror clone) and makes sure it is one pack with a

@@ -42,7 +42,7 @@ use serde_json::Value;
 use crate::bench::{Bench, Side, cs_memory, head_lines};
 use crate::generate::Rng;
 use crate::report::{Op, Sample, Target};
-use crate::util::{git_env, http, run};
+use crate::util::{git_env, run};
 
 /// How long codestorage's sync after a push may take before the benchmark gives up waiting.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -206,8 +206,9 @@ impl Bench<'_> {
         let started = Instant::now();
         let path = format!("/api/repos/{}", self.label);
         loop {
-            let (status, text) =
-                http("GET", &self.cs.base, &path, None).map_err(|e| format!("{e:#}"))?;
+            let (status, text) = self
+                .cs_api("GET", &path, None)
+                .map_err(|e| format!("{e:#}"))?;
             if status != 200 {
                 return Err(format!("GET {path} answered {status}: {text}"));
             }

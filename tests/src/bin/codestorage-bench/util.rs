@@ -29,17 +29,51 @@ pub fn git_env(cmd: &mut Command, home: Option<&Path>) {
     };
 }
 
-/// The command line of `cmd`, for messages.
+/// The command line of `cmd`, for messages (credentials in URLs replaced by `***`).
 pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         s.push(' ');
-        s.push_str(&arg.to_string_lossy());
+        s.push_str(&redact(&arg.to_string_lossy()));
     }
     if let Some(dir) = cmd.get_current_dir() {
         s.push_str(&format!("  (in {})", dir.display()));
     }
     s
+}
+
+/// `text` with the password of every `http://user:password@` URL replaced by `***`, so that
+/// tokens do not end up in messages, logs or `results.json`.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(p) = rest.find("://") {
+        let (head, tail) = rest.split_at(p + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', ' ', '\n']).unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &tail[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => out.push_str(&format!("{user}:***")),
+                    None => out.push_str(userinfo),
+                }
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `base` (`http://HOST:PORT`) with `t:<token>` as its userinfo: how git clients present a
+/// codestorage token (HTTP Basic, any user name).
+pub fn with_token(base: &str, token: &str) -> String {
+    match base.strip_prefix("http://") {
+        Some(host) => format!("http://t:{token}@{host}"),
+        None => base.to_owned(),
+    }
 }
 
 /// Runs `cmd` with stdin closed; its stdout on success, else an error with status and stderr.
@@ -188,9 +222,16 @@ impl Drop for Server {
     }
 }
 
-/// One HTTP/1.1 request to `base` (`http://HOST:PORT`), `Connection: close`; returns the status
-/// and the (de-chunked) body.
-pub fn http(method: &str, base: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+/// One HTTP/1.1 request to `base` (`http://HOST:PORT`), `Connection: close`, with
+/// `Authorization: Bearer <token>` when `token` is given; returns the status and the (de-chunked)
+/// body.
+pub fn http(
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
     let host = base
         .strip_prefix("http://")
         .with_context(|| format!("not an http:// URL: {base}"))?
@@ -198,9 +239,12 @@ pub fn http(method: &str, base: &str, path: &str, body: Option<&str>) -> Result<
     let mut stream = TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
