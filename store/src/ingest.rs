@@ -180,6 +180,7 @@ impl Quarantine {
             buf: Vec::new(),
             queue: BinaryHeap::new(),
             commits: Vec::new(),
+            seen: gix_hashtable::HashSet::default(),
         };
         for tip in tips {
             walk.run(*tip)?;
@@ -251,12 +252,18 @@ struct ClosureWalk {
     buf: Vec<u8>,
     queue: BinaryHeap<Reverse<(u64, u32, Option<Kind>)>>,
     commits: Vec<GraphCommit>,
+    seen: gix_hashtable::HashSet<ObjectId>,
 }
 
 impl ClosureWalk {
     /// Account for a reference to `id` (expected to be a `kind`): a stop if the store has it,
     /// queued if the pack has it and it is new, an error if nobody has it.
     fn reach(&mut self, id: &oid, kind: Option<Kind>) -> Result<()> {
+        // Trees mostly repeat their entries from one version to the next: a hash lookup spares
+        // the binary searches below for every id met before.
+        if !self.seen.insert(id.to_owned()) {
+            return Ok(());
+        }
         // Objects the store has already have their closure there: the walk stops at them
         // (including the bases a thin pack's completion appended, which are copies).
         if self.store.contains(id) {
