@@ -30,6 +30,8 @@ pub struct Config {
     /// How long a ref's former value stays fetchable after the ref moved: a stateless client
     /// fetches what it saw advertised a moment before.
     pub moved_ref_grace: Duration,
+    /// Delete ephemeral refs not updated for this long (off when `None`).
+    pub ephemeral_ttl: Option<Duration>,
 }
 
 impl Config {
@@ -43,6 +45,7 @@ impl Config {
             max_request_bytes: 32 << 20,
             push_limits: Default::default(),
             moved_ref_grace: Duration::from_secs(60),
+            ephemeral_ttl: None,
         }
     }
 }

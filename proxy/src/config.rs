@@ -11,6 +11,7 @@
 //! sync_interval = 60          # seconds
 //! max_pack_bytes = 4294967296
 //! moved_ref_grace = 60        # seconds
+//! ephemeral_ttl = "7d"        # delete ephemeral refs not updated for that long
 //!
 //! [[issuers]]
 //! org = "acme"                # the JWT `iss`
@@ -61,6 +62,8 @@ pub struct FileConfig {
     pub max_pack_bytes: Option<u64>,
     /// Seconds a moved ref's former value stays fetchable.
     pub moved_ref_grace: Option<u64>,
+    /// Ephemeral ref expiry (`7d`, …).
+    pub ephemeral_ttl: Option<String>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,

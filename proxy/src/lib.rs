@@ -10,6 +10,7 @@
 //! - [`sync`] — fetching from upstreams, scheduling, sync status.
 //! - [`cli`] — the client side of the `repo` subcommands.
 //! - [`config`] — the config file and its merge with the command line.
+//! - [`expiry`] — expiry of ephemeral refs.
 //! - [`time`] — timestamps.
 //! - [`upstream`] — the HTTP client for upstreams' smart-HTTP endpoints (forwarded pushes).
 
@@ -17,6 +18,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod expiry;
 pub mod http;
 pub mod protocol;
 pub mod server;

@@ -28,7 +28,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(app.sync.clone().schedule(stop_rx));
+    tokio::spawn(app.sync.clone().schedule(stop_rx.clone()));
+    if let Some(ttl) = app.config.ephemeral_ttl {
+        tokio::spawn(crate::expiry::run(app.clone(), ttl, stop_rx));
+    }
     let graceful = GracefulShutdown::new();
     let (tls_listener, acceptor) = match tls {
         Some((l, config)) => (Some(l), Some(TlsAcceptor::from(config))),

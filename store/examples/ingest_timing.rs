@@ -52,5 +52,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         verified,
         t.elapsed()
     );
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    for line in status
+        .lines()
+        .filter(|l| l.starts_with("VmHWM") || l.starts_with("Rss"))
+    {
+        println!("{line}");
+    }
     Ok(())
 }

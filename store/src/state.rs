@@ -29,6 +29,9 @@ pub struct Catalog {
     pub packs: Vec<PackEntry>,
     /// Per namespace: are the objects of its packs exactly the closure of its refs?
     pub closed: BTreeMap<Namespace, bool>,
+    /// When each ephemeral ref last changed (unix seconds): what expiry goes by.
+    #[serde(default)]
+    pub ephemeral_updated: BTreeMap<String, u64>,
 }
 
 /// Catalog plus ref tables.
@@ -63,6 +66,18 @@ impl Catalog {
             }
         }
         self.closed.insert(tx.ns, tx.closed);
+        if tx.ns == Namespace::Ephemeral {
+            for (name, _, new) in &tx.updates {
+                match new {
+                    Some(_) => {
+                        self.ephemeral_updated.insert(name.clone(), tx.time);
+                    }
+                    None => {
+                        self.ephemeral_updated.remove(name);
+                    }
+                }
+            }
+        }
         self.journal_pos = end;
         self.journal_seq = tx.seq;
     }

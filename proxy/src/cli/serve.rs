@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// that fetch what they saw advertised a moment before [default: 60].
     #[arg(long)]
     pub moved_ref_grace: Option<u64>,
+    /// Delete ephemeral refs not updated for this long (`90s`, `30m`, `12h`, `7d`) [default: never].
+    #[arg(long)]
+    pub ephemeral_ttl: Option<String>,
 }
 
 /// Run the server on `data_dir` until `shutdown`.
@@ -72,6 +75,12 @@ pub async fn run(
     );
     if let Some(secs) = args.moved_ref_grace.or(file.moved_ref_grace) {
         config.moved_ref_grace = Duration::from_secs(secs);
+    }
+    if let Some(ttl) = args.ephemeral_ttl.or(file.ephemeral_ttl) {
+        config.ephemeral_ttl =
+            Some(crate::expiry::parse_duration(&ttl).with_context(|| {
+                format!("--ephemeral-ttl {ttl:?}: use e.g. 90s, 30m, 12h or 7d")
+            })?);
     }
     if let Some(max) = args.max_pack_bytes.or(file.max_pack_bytes) {
         config.push_limits.max_pack_bytes = max;
