@@ -124,7 +124,7 @@ pub fn verifying_key(
 pub struct SigningKey {
     /// The organisation (`iss`).
     pub org: String,
-    /// Key id.
+    /// Key id (empty: tokens carry no `kid`).
     pub kid: String,
     /// Algorithm.
     pub alg: Algorithm,
@@ -157,6 +157,26 @@ fn read_trimmed(path: &Path) -> Result<String, KeyError> {
         .map_err(io("read", path))?
         .trim()
         .to_owned())
+}
+
+/// A signing key from a PKCS#8 private key PEM given by the user (the remote helper's
+/// `codestorage.keyFile`), for organisation `org`; `kid` may be absent.
+pub fn signing_key_from_pem(
+    pem: &[u8],
+    org: &str,
+    kid: Option<String>,
+) -> Result<SigningKey, KeyError> {
+    let (alg, key) = signing_from_pem(pem, Path::new("the key file"))?;
+    let text = std::str::from_utf8(pem).map_err(|_| KeyError::BadKey("the key file".into()))?;
+    let pair = rcgen::KeyPair::from_pem(text)
+        .map_err(|e| KeyError::BadKey(format!("the key file ({e})")))?;
+    Ok(SigningKey {
+        org: org.to_owned(),
+        kid: kid.unwrap_or_default(),
+        alg,
+        key,
+        public_pem: pair.public_key_pem().into_bytes(),
+    })
 }
 
 impl SigningKey {

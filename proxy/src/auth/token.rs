@@ -150,7 +150,7 @@ impl Keyring {
 /// Sign `claims` with the data directory's key.
 pub fn mint(key: &SigningKey, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
     let mut header = Header::new(key.alg);
-    header.kid = Some(key.kid.clone());
+    header.kid = (!key.kid.is_empty()).then(|| key.kid.clone());
     jsonwebtoken::encode(&header, claims, &key.key)
 }
 
