@@ -74,6 +74,8 @@ pub async fn serve(
         tracing::warn!("connections still open after 10 s; closing");
     }
     app.interrupt.store(true, Ordering::Relaxed);
+    let store = app.store.clone();
+    let _ = tokio::task::spawn_blocking(move || store.wait_idle()).await;
     app.store.index().flush().map_err(std::io::Error::other)?;
     Ok(())
 }

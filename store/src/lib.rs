@@ -185,6 +185,13 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// Wait until background work (commit-graph updates) of every repository is done.
+    pub fn wait_idle(&self) {
+        for repo in self.repos() {
+            repo.wait_graph();
+        }
+    }
+
     /// Delete the repository `name`: it disappears at once (its directory moves to `trash/`,
     /// which is emptied now and swept at start), and its index entries go.
     pub fn delete_repo(&self, name: &str) -> Result<()> {

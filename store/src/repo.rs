@@ -142,7 +142,11 @@ pub struct Repo {
     index: Index,
     record: RwLock<RepoRecord>,
     writer: Mutex<Writer>,
-    view: RwLock<Arc<View>>,
+    view: Arc<RwLock<Arc<View>>>,
+    /// The latest commit graph; views take it when published.
+    graph: Arc<RwLock<Option<Arc<CommitGraph>>>>,
+    /// Appends to the commit graph run on a worker, off the commit path, in commit order.
+    graph_jobs: Mutex<Option<std::sync::mpsc::Sender<GraphJob>>>,
     /// Tips refs held until recently, per namespace: a stateless client may fetch what it saw
     /// in an advertisement made just before a ref moved.
     recent: Mutex<VecDeque<(Instant, Namespace, ObjectId)>>,
@@ -235,7 +239,9 @@ impl Repo {
             index,
             record: RwLock::new(record),
             writer: Mutex::new(Writer { journal, state }),
-            view: RwLock::new(Arc::new(view)),
+            graph: Arc::new(RwLock::new(view.graph.clone())),
+            view: Arc::new(RwLock::new(Arc::new(view))),
+            graph_jobs: Mutex::new(None),
             recent: Mutex::new(VecDeque::new()),
         })
     }
@@ -243,19 +249,69 @@ impl Repo {
     /// Rebuild the commit graph from all packs (fsck --rebuild).
     pub fn rebuild_graph(&self) -> Result<()> {
         let _w = lock(&self.writer);
+        self.wait_graph();
         let view = self.view();
         let objects = self.dir.join("objects");
         graph::remove_all(&objects)
             .map_err(|e| StoreError::Invalid(format!("commit graph: {e}")))?;
         let g = build_graph(&objects, &view.packs);
-        let next = View::new(
-            view.packs.clone(),
-            view.refs.clone(),
-            view.catalog.clone(),
-            g,
-        );
-        self.publish(next);
+        set_graph(&self.graph, &self.view, g);
         Ok(())
+    }
+
+    /// Publish `next` as the current view, with the latest commit graph.
+    fn publish(&self, mut next: View) {
+        let mut slot = self.view.write().unwrap_or_else(|p| p.into_inner());
+        next.graph = self.graph.read().map(|g| g.clone()).unwrap_or(None);
+        *slot = Arc::new(next);
+    }
+
+    /// Queue the commit graph extension for `packs`' newest pack.
+    fn queue_graph(&self, job: GraphJob) {
+        let mut jobs = lock(&self.graph_jobs);
+        if jobs.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<GraphJob>();
+            let objects = self.dir.join("objects");
+            let (graph, view) = (self.graph.clone(), self.view.clone());
+            let spawned = std::thread::Builder::new()
+                .name("commit-graph".into())
+                .spawn(move || {
+                    for job in rx {
+                        match job {
+                            GraphJob::Extend { packs, commits } => {
+                                let current = graph.read().map(|g| g.clone()).unwrap_or(None);
+                                let next =
+                                    extend_graph(&objects, current.as_deref(), &packs, commits);
+                                set_graph(&graph, &view, next);
+                            }
+                            GraphJob::Barrier(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => *jobs = Some(tx),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no commit-graph worker; the graph lags until the next start");
+                    return;
+                }
+            }
+        }
+        if let Some(tx) = jobs.as_ref() {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Wait until queued commit-graph work is done (tests, fsck, shutdown).
+    pub fn wait_graph(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queued = lock(&self.graph_jobs)
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(GraphJob::Barrier(tx)).is_ok());
+        if queued {
+            let _ = rx.recv();
+        }
     }
 
     /// Values refs of `ns` held until less than `grace` ago.
@@ -280,13 +336,6 @@ impl Repo {
         recent.extend(tips.map(|id| (now, ns, id)));
         while recent.len() > 10_000 {
             recent.pop_front();
-        }
-    }
-
-    fn publish(&self, next: View) {
-        match self.view.write() {
-            Ok(mut v) => *v = Arc::new(next),
-            Err(p) => *p.into_inner() = Arc::new(next),
         }
     }
 
@@ -331,6 +380,7 @@ impl Repo {
     /// Apply `tx`: compare-and-swap each ref, make the quarantined pack durable, journal the
     /// change, then publish it. See the module docs for the ordering.
     pub fn commit(&self, tx: Transaction) -> Result<TxOutcome> {
+        let started = Instant::now();
         let mut w = lock(&self.writer);
         let view = self.view();
         let table = w.state.refs.get(&tx.ns).cloned().unwrap_or_default();
@@ -393,7 +443,9 @@ impl Repo {
                 .map(|u| (u.name.clone(), table.get(&u.name).cloned(), u.new.clone()))
                 .collect(),
         };
+        let promoted = started.elapsed();
         let end = w.journal.append(&record)?;
+        let journaled = started.elapsed();
         w.state.apply(&record, end);
         let rid = self.record().id;
         if let Err(e) = self.index.apply(&rid, &record, &w.state.catalog) {
@@ -415,17 +467,25 @@ impl Repo {
             tx.ns,
             Arc::new(w.state.refs.get(&tx.ns).cloned().unwrap_or_default()),
         );
-        let commit_graph = match &new_pack {
-            Some(name) if !view.packs.packs().iter().any(|p| p.name() == name) => extend_graph(
-                &self.dir.join("objects"),
-                view.graph.as_deref(),
-                &packs,
-                new_commits,
-            ),
-            _ => view.graph.clone(),
-        };
-        let next = View::new(packs, refs, w.state.catalog.clone(), commit_graph);
+        let indexed = started.elapsed();
+        let added_pack = new_pack
+            .as_ref()
+            .is_some_and(|name| !view.packs.packs().iter().any(|p| p.name() == name));
+        let next = View::new(packs.clone(), refs, w.state.catalog.clone(), None);
         self.publish(next);
+        if added_pack {
+            self.queue_graph(GraphJob::Extend {
+                packs,
+                commits: new_commits,
+            });
+        }
+        tracing::debug!(
+            promote_us = promoted.as_micros() as u64,
+            journal_us = (journaled - promoted).as_micros() as u64,
+            index_us = (indexed - journaled).as_micros() as u64,
+            publish_us = (started.elapsed() - indexed).as_micros() as u64,
+            "transaction committed"
+        );
         self.remember_tips(
             tx.ns,
             applied
@@ -542,7 +602,8 @@ fn promote(qdir: &Path, pack_dir: &Path, name: &str) -> Result<()> {
         std::fs::write(&keep_src, b"codestorage: ingest in progress\n")
             .map_err(StoreError::io("write", &keep_src))?;
     }
-    for ext in ["keep", "pack", "idx"] {
+    // The .keep marks by existence; its content needs no fsync.
+    for ext in ["pack", "idx"] {
         let src = qdir.join(format!("{name}.{ext}"));
         fsutil::fsync_file(&src).map_err(StoreError::io("fsync", &src))?;
     }
@@ -739,4 +800,32 @@ fn extend_graph(
             build_graph(objects, packs)
         }
     }
+}
+
+/// Work for the commit-graph worker.
+enum GraphJob {
+    /// Add the newest pack of `packs` (whose commits verification may have parsed already).
+    Extend {
+        packs: Arc<PackSet>,
+        commits: Option<Vec<GraphCommit>>,
+    },
+    /// Answer once everything queued before is done.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// Make `next` the latest graph and give it to the current view.
+fn set_graph(
+    graph: &RwLock<Option<Arc<CommitGraph>>>,
+    view: &RwLock<Arc<View>>,
+    next: Option<Arc<CommitGraph>>,
+) {
+    let mut slot = view.write().unwrap_or_else(|p| p.into_inner());
+    *graph.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+    let current = slot.clone();
+    *slot = Arc::new(View::new(
+        current.packs.clone(),
+        current.refs.clone(),
+        current.catalog.clone(),
+        next,
+    ));
 }

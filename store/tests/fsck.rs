@@ -32,6 +32,7 @@ fn data() -> Data {
     let c2 = f.commits(3, "b");
     ingest(&store, "team/r", &f.pack(&c2, Some(&c1)), &c2, Some(&c1));
     let repo_dir = store.repo("team/r").expect("repo").dir().to_owned();
+    store.wait_idle();
     store.index().flush().expect("flush");
     drop(store);
     Data {
