@@ -201,6 +201,10 @@ impl UpstreamRequest {
     }
 }
 
+/// A teed pack: its verified quarantine (none for an empty pack) and the ref-policy refusals
+/// decided once its objects were known.
+type Teed = (Option<Quarantine>, Vec<(String, RefStatus)>);
+
 /// Why teeing the pack failed: our checks (the upstream gets an aborted request), or the
 /// upstream itself (its HTTP answer says why).
 enum TeeFailure {
@@ -269,9 +273,13 @@ impl Worker {
         let mut upstream = self.start_upstream();
         let _ = upstream.body.blocking_send(Ok(Bytes::from(head)));
 
+        let mut late = Vec::new();
         let quarantine = if req.expects_pack() {
-            match self.tee_pack(&mut input, &accepted, &upstream) {
-                Ok(q) => q,
+            match self.tee_pack(&mut input, &req, &accepted, &pending, &upstream) {
+                Ok((q, refused)) => {
+                    late = refused;
+                    q
+                }
                 Err(TeeFailure::Local(reason)) => {
                     upstream.abort(&reason);
                     self.fail(&req, &reason);
@@ -288,9 +296,9 @@ impl Worker {
             None
         };
 
-        // Policy decisions that needed the pack: refusing one now means a new request.
-        if !pending.is_empty() {
-            let late = self.refuse_late(&req, &pending, quarantine.as_ref());
+        // Policy decisions that needed the pack: the trailer was held back, so refusing one now
+        // means the request is aborted (the upstream applies nothing) and a new one is made.
+        {
             if !late.is_empty() {
                 upstream.abort("a ref was refused by the token's ref policy");
                 ours.extend(late);
@@ -369,7 +377,7 @@ impl Worker {
         pending: &[usize],
         quarantine: Option<&Quarantine>,
     ) -> Vec<(String, RefStatus)> {
-        let Some(identity) = &self.identity else {
+        let Some(identity) = self.identity.as_ref().filter(|_| !pending.is_empty()) else {
             return Vec::new();
         };
         let view = self.repo.view();
@@ -445,12 +453,16 @@ impl Worker {
     }
 
     /// Stream the pack to the upstream (trailer held back) and into a quarantine; verify it.
+    /// The pack's trailer goes upstream only if verification passes and the token's ref policy
+    /// refuses none of the `pending` decisions; those refusals come back with the quarantine.
     fn tee_pack(
         &self,
         input: &mut dyn Read,
+        req: &Request,
         accepted: &[&Command],
+        pending: &[usize],
         upstream: &UpstreamRequest,
-    ) -> Result<Option<Quarantine>, TeeFailure> {
+    ) -> Result<Teed, TeeFailure> {
         let sink = upstream.body.clone();
         let limited = LimitedReader::new(input, self.limits.max_pack_bytes);
         let mut tee = Tee::new(limited, move |chunk: Vec<u8>| {
@@ -486,10 +498,15 @@ impl Worker {
                 return Err(TeeFailure::Local(format!("missing necessary objects: {e}")));
             }
         }
+        let late = self.refuse_late(req, pending, quarantine.as_ref());
+        if !late.is_empty() {
+            // Keep the trailer: the caller aborts this request.
+            return Ok((quarantine, late));
+        }
         tee.release().map_err(|e| {
             TeeFailure::Upstream(format!("the upstream stopped reading the pack ({e})"))
         })?;
-        Ok(quarantine)
+        Ok((quarantine, late))
     }
 
     fn read_upstream(
