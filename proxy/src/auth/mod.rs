@@ -174,8 +174,31 @@ pub struct Authenticator {
     keyring: RwLock<Keyring>,
     issuers: Vec<(String, VerifyingKey)>,
     local_org: RwLock<String>,
-    last_reload: Mutex<Instant>,
+    last_reload: Mutex<(Instant, Vec<FileStamp>)>,
     revoked: revoke::Watch,
+}
+
+/// What identifies a version of a file: modification time, length and inode (a rewrite within
+/// one clock tick still changes the inode or the length).
+pub type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+/// The stamp of `path`.
+pub fn file_stamp(path: &Path) -> FileStamp {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((m.modified().ok()?, m.len(), ino))
+}
+
+/// The stamps of the key files that `keys generate` changes.
+fn keys_stamp(data_dir: &Path) -> Vec<FileStamp> {
+    let keys = data_dir.join("keys");
+    vec![
+        file_stamp(&keys.join("signing.kid")),
+        file_stamp(&keys.join("trusted")),
+    ]
 }
 
 /// The keyring of the data directory's keys plus `issuers`, and the data directory's org.
@@ -212,19 +235,22 @@ impl Authenticator {
             keyring: RwLock::new(ring),
             issuers,
             local_org: RwLock::new(local_org),
-            last_reload: Mutex::new(Instant::now()),
+            last_reload: Mutex::new((Instant::now(), keys_stamp(data_dir))),
             revoked: revoke::Watch::new(data_dir),
         })
     }
 
-    /// Re-read the data directory's keys (after `keys generate`), at most once a second.
+    /// Re-read the data directory's keys (after `keys generate`): at once when the key files
+    /// changed, else at most once a second (a token naming an unknown key is no reason to read
+    /// the disk on every request).
     fn reload(&self) -> bool {
         {
+            let stamp = keys_stamp(&self.data_dir);
             let mut last = self.last_reload.lock().unwrap_or_else(|p| p.into_inner());
-            if last.elapsed() < Duration::from_secs(1) {
+            if last.1 == stamp && last.0.elapsed() < Duration::from_secs(1) {
                 return false;
             }
-            *last = Instant::now();
+            *last = (Instant::now(), stamp);
         }
         match build_keyring(&self.data_dir, &self.issuers) {
             Ok((ring, org)) => {

@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,7 +60,7 @@ impl Revocations {
 /// The deny-list as the server sees it, reloaded when the file's modification time changes.
 pub struct Watch {
     data: PathBuf,
-    state: Mutex<(Option<SystemTime>, Revocations)>,
+    state: Mutex<(super::FileStamp, Revocations)>,
 }
 
 impl Watch {
@@ -75,13 +74,11 @@ impl Watch {
 
     /// Whether `claims` are revoked (per the current file).
     pub fn is_revoked(&self, claims: &Claims) -> bool {
-        let mtime = std::fs::metadata(Revocations::path(&self.data))
-            .and_then(|m| m.modified())
-            .ok();
+        let stamp = super::file_stamp(&Revocations::path(&self.data));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.0 != mtime {
+        if state.0 != stamp {
             match Revocations::load(&self.data) {
-                Ok(r) => *state = (mtime, r),
+                Ok(r) => *state = (stamp, r),
                 // Unreadable: keep the last good list rather than forgetting revocations.
                 Err(e) => tracing::error!(error = %e, "cannot read the token deny-list"),
             }
