@@ -33,8 +33,20 @@ impl Target {
 
 fn bad(url: &str, reason: &str) -> Error {
     Error::BadUrl {
-        url: url.to_owned(),
+        url: redact(url),
         reason: reason.to_owned(),
+    }
+}
+
+/// `url` with any user-info (which may be a token) replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }
 
@@ -127,6 +139,16 @@ mod tests {
         assert_eq!(t.repo, "team/app");
         let t = resolve("http://127.0.0.1:9/x.git").expect("http");
         assert_eq!(t.http_url(), "http://127.0.0.1:9/x.git");
+    }
+
+    #[test]
+    fn messages_never_show_user_info() {
+        assert_eq!(redact("https://t:secret@host/x"), "https://***@host/x");
+        assert_eq!(redact("https://host/x@y"), "https://host/x@y");
+        let err = resolve("https://t:secret@host/x")
+            .expect_err("refused")
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]
