@@ -40,3 +40,22 @@ mod crash;
 /// trailer, upstream failures, read-your-writes, a 50 MB push) and pushes to local repos; bad
 /// input, hand-made.
 mod push;
+
+/// Authentication and authorization: 401 for missing/invalid/revoked tokens, 403 for tokens
+/// without the repository, organisation or scope; the token and keys CLI on a running server.
+mod auth;
+
+/// Ref policies from the token (`refs`, legacy `ops`) with real pushes: local repos, the
+/// ephemeral namespace, mirrors (refused refs never reach the upstream).
+mod policy;
+
+/// The ephemeral namespace `<repo>+ephemeral.git`: isolation from the default namespace and
+/// the upstream, syncs, promotion and the branch REST routes (both generations).
+mod ephemeral;
+
+/// TLS: clone and push over https with the self-signed CA; plain http alongside.
+mod tls;
+
+/// The remote helper `git-remote-codestorage` with real git: `codestorage::` URL forms, token
+/// sources and scopes (captured by a proxy), no token leaks, and its error messages.
+mod remote_helper;

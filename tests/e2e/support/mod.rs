@@ -19,6 +19,7 @@
 
 pub mod git;
 pub mod http;
+pub mod jwt;
 pub mod pkt;
 pub mod server;
 pub mod upstream;

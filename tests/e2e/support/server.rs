@@ -218,6 +218,12 @@ impl Server {
         &self.data
     }
 
+    /// Everything the server printed on stdout so far, across restarts (the `listening on`
+    /// lines, e.g. the https address and the CA path of `--tls-self-signed`).
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("stdout lock").clone()
+    }
+
     pub fn is_running(&self) -> bool {
         self.running.is_some()
     }
@@ -714,7 +720,7 @@ fn join_readers(readers: Vec<JoinHandle<()>>) {
 
 /// The `codestorage` binary: `$CODESTORAGE_BIN`, else `target/<profile>/codestorage` next to the
 /// test executable's `deps/` dir.
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("CODESTORAGE_BIN") {
         let bin = PathBuf::from(bin);
         assert!(
