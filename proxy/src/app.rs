@@ -10,7 +10,9 @@ use codestorage_store::Store;
 
 use crate::auth::Authenticator;
 use crate::auth::keys::VerifyingKey;
+use crate::secrets::SecretBox;
 use crate::sync::SyncManager;
+use crate::upstream::CredentialSource;
 
 /// Validated server settings.
 #[derive(Debug, Clone)]
@@ -64,6 +66,10 @@ pub struct App {
     pub upstream: crate::upstream::UpstreamClient,
     /// Token verification.
     pub auth: Authenticator,
+    /// Seals and opens secrets at rest.
+    pub secrets: Arc<SecretBox>,
+    /// Upstream URLs with the credentials to present there.
+    pub credentials: Arc<CredentialSource>,
 }
 
 /// Why the server cannot start.
@@ -78,6 +84,9 @@ pub enum AppError {
     /// The upstream client cannot be built.
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    /// The secret key cannot be loaded or created.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretError),
 }
 
 impl App {
@@ -89,9 +98,12 @@ impl App {
     ) -> Result<Arc<App>, AppError> {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let auth = Authenticator::load(&config.data_dir, issuers)?;
+        let secrets = Arc::new(SecretBox::open_dir(&config.data_dir)?);
+        let credentials = Arc::new(CredentialSource::new(secrets.clone()));
         let interrupt = Arc::new(AtomicBool::new(false));
         let sync = SyncManager::new(
             store.clone(),
+            credentials.clone(),
             config.allow_http_upstream,
             config.sync_interval,
             interrupt.clone(),
@@ -104,6 +116,8 @@ impl App {
             interrupt,
             upstream,
             auth,
+            secrets,
+            credentials,
         }))
     }
 }

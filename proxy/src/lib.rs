@@ -21,6 +21,7 @@ pub mod config;
 pub mod expiry;
 pub mod http;
 pub mod protocol;
+pub mod secrets;
 pub mod server;
 pub mod sync;
 pub mod time;

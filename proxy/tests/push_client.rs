@@ -111,7 +111,10 @@ async fn native_push_creates_updates_and_deletes_branches_upstream() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let url = format!("http://{}/proj.git", listener.local_addr().expect("addr"));
+    let url = codestorage::upstream::UpstreamTarget {
+        url: format!("http://{}/proj.git", listener.local_addr().expect("addr")),
+        credential: None,
+    };
     tokio::spawn(cgi::serve(listener, bridge));
 
     // History made with git: c1 is on the upstream, c2 only in our store.

@@ -36,12 +36,14 @@ use crate::protocol::receive_pack::{
     self, Command, RefStatus, Report, Request, check_policy, refuse_name,
 };
 use crate::upstream::push::advertised_refs;
-use crate::upstream::{UpstreamClient, UpstreamError};
+use crate::upstream::{UpstreamClient, UpstreamError, UpstreamTarget};
 
-fn upstream_url(repo: &Repo) -> Result<String, ApiError> {
-    repo.record()
-        .upstream
-        .map(|u| u.url)
+/// The upstream of `repo` with the credential to present there now.
+async fn upstream_target(app: &App, repo: &Repo) -> Result<UpstreamTarget, ApiError> {
+    app.credentials
+        .target(repo)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?
         .ok_or_else(|| ApiError::internal("forwarding a push for a repository without upstream"))
 }
 
@@ -50,10 +52,10 @@ fn upstream_url(repo: &Repo) -> Result<String, ApiError> {
 /// (coalesced) sync runs when ours differ — then advertise our refs with the capabilities both
 /// sides have.
 pub async fn advertise(app: &Arc<App>, repo: Arc<Repo>) -> Result<Response<Body>, ApiError> {
-    let url = upstream_url(&repo)?;
+    let target = upstream_target(app, &repo).await?;
     let upstream = app
         .upstream
-        .receive_pack_advertisement(&url)
+        .receive_pack_advertisement(&target)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let followed = |name: &str| name.starts_with("refs/heads/") || name.starts_with("refs/tags/");
@@ -98,19 +100,19 @@ pub async fn advertise(app: &Arc<App>, repo: Arc<Repo>) -> Result<Response<Body>
 }
 
 /// `POST git-receive-pack` of a mirror.
-pub fn forward(
+pub async fn forward(
     app: &Arc<App>,
     repo: Arc<Repo>,
     identity: Option<Identity>,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let url = upstream_url(&repo)?;
+    let target = upstream_target(app, &repo).await?;
     let input = ChannelReader::spawn(body, 8);
     let (writer, response_body) = ChannelWriter::new(8);
     let worker = Worker {
         app: app.clone(),
         repo,
-        url,
+        target,
         identity,
         limits: app.config.push_limits,
         runtime: tokio::runtime::Handle::current(),
@@ -143,7 +145,11 @@ struct UpstreamRequest {
 
 impl UpstreamRequest {
     /// Start a request on `runtime`; its body is what is sent through `body`.
-    fn start(runtime: &tokio::runtime::Handle, client: UpstreamClient, url: String) -> Self {
+    fn start(
+        runtime: &tokio::runtime::Handle,
+        client: UpstreamClient,
+        target: UpstreamTarget,
+    ) -> Self {
         let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
         let (status_tx, status_rx) = oneshot::channel();
         let (resp_tx, resp_rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
@@ -151,7 +157,7 @@ impl UpstreamRequest {
             let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item, rx))
             });
-            let mut resp = match client.receive_pack(&url, stream).await {
+            let mut resp = match client.receive_pack(&target, stream).await {
                 Err(e) => {
                     let _ = status_tx.send(Err(e));
                     return;
@@ -215,7 +221,7 @@ enum TeeFailure {
 struct Worker {
     app: Arc<App>,
     repo: Arc<Repo>,
-    url: String,
+    target: UpstreamTarget,
     identity: Option<Identity>,
     limits: Limits,
     runtime: tokio::runtime::Handle,
@@ -224,7 +230,11 @@ struct Worker {
 
 impl Worker {
     fn start_upstream(&self) -> UpstreamRequest {
-        UpstreamRequest::start(&self.runtime, self.app.upstream.clone(), self.url.clone())
+        UpstreamRequest::start(
+            &self.runtime,
+            self.app.upstream.clone(),
+            self.target.clone(),
+        )
     }
 
     fn fail(&mut self, req: &Request, reason: &str) {

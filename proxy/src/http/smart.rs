@@ -248,7 +248,7 @@ async fn upload_pack(
 /// Whether pushes to `ns` of `repo` go to the upstream (mirrors' default namespace) rather
 /// than being applied here.
 fn forwards(repo: &Repo, ns: Namespace) -> bool {
-    ns == Namespace::Default && repo.record().upstream.is_some()
+    ns == Namespace::Default && crate::upstream::forwards_pushes(&repo.record())
 }
 
 async fn receive_pack(
@@ -261,7 +261,7 @@ async fn receive_pack(
     }
     let (repo, ns, id) = resolve(app, req.headers(), repo_part, Scope::GitWrite)?;
     if forwards(&repo, ns) {
-        return super::push::forward(app, repo, Some(id), req.into_body());
+        return super::push::forward(app, repo, Some(id), req.into_body()).await;
     }
     let gzip = req
         .headers()

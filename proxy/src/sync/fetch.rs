@@ -17,6 +17,8 @@ use gix_protocol::handshake::Ref;
 use gix_transport::client::blocking_io::http;
 use gix_transport::{Protocol, Service};
 
+use crate::upstream::UpstreamTarget;
+
 /// Why a sync failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -192,16 +194,29 @@ fn upstream(step: &'static str) -> impl FnOnce(gix_error::Error) -> SyncError {
     move |source| SyncError::Upstream { step, source }
 }
 
-/// Run one sync of `repo` from `url`.
+/// Run one sync of `repo` from its upstream `target`.
 pub fn run(
     repo: &Repo,
-    url: &str,
+    target: &UpstreamTarget,
     allow_http: bool,
     interrupt: &AtomicBool,
 ) -> Result<Fetched, SyncError> {
-    let parsed = check_url(url, allow_http)?;
+    use gix_transport::client::TransportWithoutIO as _;
+    let parsed = check_url(&target.url, allow_http)?;
     let mut transport = http::connect::<http::reqwest::Remote>(parsed, Protocol::V2, false);
     configure(&mut transport)?;
+    if let Some(c) = &target.credential {
+        transport
+            .set_identity(gix_sec::identity::Account {
+                username: c.username.clone(),
+                password: c.password.expose().to_owned(),
+                oauth_refresh_token: None,
+            })
+            .map_err(|e| SyncError::Upstream {
+                step: "credentials",
+                source: gix_error::Error::from_error(e),
+            })?;
+    }
     let mut progress = gix_utils::progress::Discard;
     let hs = gix_protocol::handshake(
         &mut transport,

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::time::{now_unix, rfc3339};
+use crate::upstream::CredentialSource;
 
 /// The visible state of a repository's syncing.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -74,6 +75,7 @@ impl Slot {
 /// Schedules and runs syncs.
 pub struct SyncManager {
     store: Arc<Store>,
+    credentials: Arc<CredentialSource>,
     allow_http: bool,
     interval: Duration,
     slots: Mutex<HashMap<String, Slot>>,
@@ -94,6 +96,7 @@ impl SyncManager {
     /// A manager for `store`'s mirrors.
     pub fn new(
         store: Arc<Store>,
+        credentials: Arc<CredentialSource>,
         allow_http: bool,
         interval: Duration,
         interrupt: Arc<AtomicBool>,
@@ -129,6 +132,7 @@ impl SyncManager {
         }
         Arc::new(SyncManager {
             store,
+            credentials,
             allow_http,
             interval,
             slots: Mutex::new(slots),
@@ -190,20 +194,30 @@ impl SyncManager {
         loop {
             let permit = self.limit.acquire().await;
             let guard = lock.lock().await;
-            let Some(url) = repo.record().upstream.map(|u| u.url) else {
-                break;
+            let target = match self.credentials.target(&repo).await {
+                Ok(Some(target)) => Ok(target),
+                Ok(None) => break,
+                Err(e) => Err(e.to_string()),
             };
             let started = Instant::now();
             tracing::info!("sync started");
-            let (r, allow, interrupt) = (repo.clone(), self.allow_http, self.interrupt.clone());
-            let result =
-                tokio::task::spawn_blocking(move || fetch::run(&r, &url, allow, &interrupt)).await;
+            let result = match target {
+                Ok(target) => {
+                    let (r, allow, interrupt) =
+                        (repo.clone(), self.allow_http, self.interrupt.clone());
+                    match tokio::task::spawn_blocking(move || {
+                        fetch::run(&r, &target, allow, &interrupt)
+                    })
+                    .await
+                    {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(join) => Err(format!("sync task failed: {join}")),
+                    }
+                }
+                Err(e) => Err(e),
+            };
             drop(guard);
             drop(permit);
-            let result = match result {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(join) => Err(format!("sync task failed: {join}")),
-            };
             let mut retry = false;
             match &result {
                 Ok(f) => {

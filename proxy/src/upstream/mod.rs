@@ -11,6 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 
+pub use credential::{
+    CredentialError, CredentialSource, UpstreamCredential, UpstreamTarget, forwards_pushes,
+};
+
 /// Why talking to the upstream failed, in words a pusher can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
@@ -61,6 +65,14 @@ fn user_agent() -> String {
     format!("git/2.47.0 ({})", crate::protocol::upload_pack::agent())
 }
 
+/// `req` with the target's credential, if it has one.
+fn authorized(req: reqwest::RequestBuilder, target: &UpstreamTarget) -> reqwest::RequestBuilder {
+    match &target.credential {
+        Some(c) => req.basic_auth(&c.username, Some(c.password.expose())),
+        None => req,
+    }
+}
+
 fn endpoint(url: &str, tail: &str) -> String {
     format!("{}/{tail}", url.trim_end_matches('/'))
 }
@@ -78,13 +90,18 @@ impl UpstreamClient {
     }
 
     /// `GET …/info/refs?service=git-receive-pack`: the upstream's advertisement.
-    pub async fn receive_pack_advertisement(&self, url: &str) -> Result<Bytes, UpstreamError> {
-        let resp = self
-            .http
-            .get(endpoint(url, "info/refs?service=git-receive-pack"))
-            .send()
-            .await
-            .map_err(UpstreamError::from_reqwest)?;
+    pub async fn receive_pack_advertisement(
+        &self,
+        target: &UpstreamTarget,
+    ) -> Result<Bytes, UpstreamError> {
+        let resp = authorized(
+            self.http
+                .get(endpoint(&target.url, "info/refs?service=git-receive-pack")),
+            target,
+        )
+        .send()
+        .await
+        .map_err(UpstreamError::from_reqwest)?;
         if !resp.status().is_success() {
             return Err(UpstreamError::from_status(resp.status()));
         }
@@ -94,21 +111,22 @@ impl UpstreamClient {
     /// `POST …/git-receive-pack` with a streamed body; the response once its status is known.
     pub async fn receive_pack<S>(
         &self,
-        url: &str,
+        target: &UpstreamTarget,
         body: S,
     ) -> Result<reqwest::Response, UpstreamError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
-        let resp = self
-            .http
-            .post(endpoint(url, "git-receive-pack"))
-            .header("Content-Type", "application/x-git-receive-pack-request")
-            .header("Accept", "application/x-git-receive-pack-result")
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await
-            .map_err(UpstreamError::from_reqwest)?;
+        let resp = authorized(
+            self.http.post(endpoint(&target.url, "git-receive-pack")),
+            target,
+        )
+        .header("Content-Type", "application/x-git-receive-pack-request")
+        .header("Accept", "application/x-git-receive-pack-result")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .map_err(UpstreamError::from_reqwest)?;
         if !resp.status().is_success() {
             return Err(UpstreamError::from_status(resp.status()));
         }
@@ -116,4 +134,5 @@ impl UpstreamClient {
     }
 }
 
+pub mod credential;
 pub mod push;

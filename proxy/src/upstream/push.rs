@@ -101,15 +101,15 @@ impl Write for BodyWriter {
 }
 
 impl UpstreamClient {
-    /// Push `updates` from `view` to the upstream at `url`; `atomic` asks for all or nothing.
+    /// Push `updates` from `view` to the upstream `target`; `atomic` asks for all or nothing.
     pub async fn push(
         &self,
-        url: &str,
+        target: &super::UpstreamTarget,
         view: Arc<View>,
         updates: Vec<PushUpdate>,
         atomic: bool,
     ) -> Result<Report, PushError> {
-        let advertisement = self.receive_pack_advertisement(url).await?;
+        let advertisement = self.receive_pack_advertisement(target).await?;
         let theirs = advertised_refs(&advertisement);
         let caps = advertised_caps(&advertisement);
         let mut wanted = vec!["report-status".to_owned()];
@@ -177,7 +177,7 @@ impl UpstreamClient {
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        let response = self.receive_pack(url, stream).await;
+        let response = self.receive_pack(target, stream).await;
         let produced = producer.await.map_err(|e| PushError::Pack(e.to_string()))?;
         let response = response?;
         produced.map_err(PushError::Pack)?;

@@ -153,9 +153,13 @@ async fn move_ref(
 ) -> Result<(), ApiError> {
     let kind = change(repo, old, new)?;
     id.policy.check(name, kind).map_err(ApiError::forbidden)?;
-    if ns == Namespace::Default
-        && let Some(upstream) = repo.record().upstream
-    {
+    if ns == Namespace::Default && crate::upstream::forwards_pushes(&repo.record()) {
+        let target = app
+            .credentials
+            .target(repo)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?
+            .ok_or_else(|| ApiError::internal("a mirror without upstream"))?;
         let update = PushUpdate {
             name: name.to_owned(),
             expect: Some(old.unwrap_or_else(|| ObjectId::null(gix_hash::Kind::Sha1))),
@@ -163,7 +167,7 @@ async fn move_ref(
         };
         let report = app
             .upstream
-            .push(&upstream.url, repo.view(), vec![update], false)
+            .push(&target, repo.view(), vec![update], false)
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
         if let Some((_, RefStatus::Ng(reason))) = report.refs.first() {
