@@ -202,6 +202,11 @@ impl Store {
             .ok()
             .and_then(|mut m| m.remove(name))
             .ok_or_else(|| StoreError::RepoNotFound(name.to_owned()))?;
+        self.trash(&repo)
+    }
+
+    /// Move `repo`'s directory to the trash, forget its index entries, empty the trash.
+    fn trash(&self, repo: &Repo) -> Result<()> {
         let record = repo.record();
         let trash = self.root.join("trash");
         fsutil::create_dir_all_durable(&trash).map_err(StoreError::io("create", &trash))?;
@@ -224,6 +229,35 @@ impl Store {
         default_branch: &str,
         upstream: Option<UpstreamRecord>,
         org: Option<String>,
+    ) -> Result<Arc<Repo>> {
+        self.create_with(name, default_branch, upstream, org, |_| Ok(()))
+    }
+
+    /// Create `name` as a fork of `source`: a local repository that shares the source's objects
+    /// (its packs are hard-linked, not copied) and starts with `refs` in its default namespace
+    /// (`HEAD` points at `refs/heads/<default_branch>`). The fork becomes visible only once its
+    /// refs are in place; a crash before that leaves an empty repository of that name.
+    pub fn fork_repo(
+        &self,
+        source: &Repo,
+        name: &RepoName,
+        default_branch: &str,
+        org: Option<String>,
+        refs: Vec<(String, RefValue)>,
+    ) -> Result<Arc<Repo>> {
+        let view = source.view();
+        self.create_with(name, default_branch, None, org, |repo| {
+            repo.adopt(&view, source.dir(), refs, "fork")
+        })
+    }
+
+    fn create_with(
+        &self,
+        name: &RepoName,
+        default_branch: &str,
+        upstream: Option<UpstreamRecord>,
+        org: Option<String>,
+        populate: impl FnOnce(&Repo) -> Result<()>,
     ) -> Result<Arc<Repo>> {
         let _guard = self.create.lock().unwrap_or_else(|p| p.into_inner());
         if self.repo(name.as_str()).is_some() {
@@ -270,6 +304,12 @@ impl Store {
                 atomic: true,
                 quarantine: None,
             })?;
+        }
+        if let Err(e) = populate(&repo) {
+            if let Err(cleanup) = self.trash(&repo) {
+                tracing::warn!(error = %cleanup, "could not remove a repository whose creation failed");
+            }
+            return Err(e);
         }
         if let Ok(mut m) = self.repos.write() {
             m.insert(name.to_string(), repo.clone());

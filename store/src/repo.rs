@@ -28,6 +28,8 @@ use crate::record::RepoRecord;
 use crate::refs::{Expect, Namespace, RefError, RefTable, RefUpdate, RefValue, valid_ref_name};
 use crate::state::{Catalog, RepoState};
 
+mod fork;
+
 /// An immutable snapshot of a repository's packs and refs.
 #[derive(Debug, Clone)]
 pub struct View {

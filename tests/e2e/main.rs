@@ -59,3 +59,6 @@ mod tls;
 /// The remote helper `git-remote-codestorage` with real git: `codestorage::` URL forms, token
 /// sources and scopes (captured by a proxy), no token leaks, and its error messages.
 mod remote_helper;
+
+// Forks: create-repo with another repository of this server as the base (issue 6).
+mod fork;

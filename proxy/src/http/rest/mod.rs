@@ -4,9 +4,11 @@
 //! Every route needs a token; errors are JSON `{"error": …}`.
 //!
 //! - `repos`: create, list, show, delete, pull-upstream.
+//! - `fork`: create-repo with a repository of this server as `base_repo` (forks).
 //! - `branches`: list, get, create / promote, delete (default and ephemeral namespaces).
 
 mod branches;
+mod fork;
 mod repos;
 
 use std::sync::Arc;

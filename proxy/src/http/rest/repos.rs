@@ -114,6 +114,9 @@ pub(super) async fn create(
     if !id.has(Scope::RepoWrite) {
         return Err(ApiError::forbidden("token lacks the repo:write scope"));
     }
+    if super::fork::requested(call) {
+        return super::fork::create(app, id, &name, call).await;
+    }
     let upstream = match &body.base_repo {
         Some(base) => {
             let url = upstream_url(base)?;
