@@ -252,7 +252,7 @@ async fn on_repo(
     match route {
         Route::Show => repos::show(app, id, &repo),
         Route::Delete => repos::delete(app, id, &repo).await,
-        Route::PullUpstream => repos::pull_upstream(app, id, repo),
+        Route::PullUpstream => repos::pull_upstream(app, id, repo, call),
         Route::ListBranches => branches::list(app, id, &repo, call),
         Route::GetBranch => branches::get(app, id, &repo, call),
         Route::CreateBranch => branches::create(app, id, repo, call).await,

@@ -281,17 +281,45 @@ pub(super) async fn delete(
     ))
 }
 
-/// Ask for a sync (202; it runs asynchronously).
+/// The pull-upstream body (all optional).
+#[derive(Debug, Deserialize, Default)]
+struct PullBody {
+    /// One ref to pull (`main`, `refs/heads/main`, a tag).
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    /// "Only sync commits after this SHA" (older docs).
+    after: Option<String>,
+}
+
+/// Ask for a sync (202; it runs asynchronously). A sync always brings every followed ref up to
+/// date, so `ref` (validated) is satisfied by it; `after` must be an object id.
 pub(super) fn pull_upstream(
     app: &Arc<App>,
     id: &Identity,
     repo: Arc<Repo>,
+    call: &Call,
 ) -> Result<Response<Body>, ApiError> {
     authz::check_repo(app, id, &repo, Scope::GitWrite)?;
     if repo.record().upstream.is_none() {
         return Err(ApiError::bad_request(
             "Repository has no upstream configured",
         ));
+    }
+    let body: PullBody = call.body()?;
+    if let Some(r) = &body.reference {
+        let full = if r.starts_with("refs/") {
+            r.clone()
+        } else {
+            format!("refs/heads/{r}")
+        };
+        if !codestorage_store::refs::valid_ref_name(&full) {
+            return Err(ApiError::bad_request(format!("invalid ref '{r}'")));
+        }
+    }
+    if let Some(a) = &body.after
+        && codestorage_store::ObjectId::from_hex(a.as_bytes()).is_err()
+    {
+        return Err(ApiError::bad_request("after must be a full object id"));
     }
     app.sync.request(repo);
     Ok(json_response(
