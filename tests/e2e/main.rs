@@ -59,3 +59,11 @@ mod tls;
 /// The remote helper `git-remote-codestorage` with real git: `codestorage::` URL forms, token
 /// sources and scopes (captured by a proxy), no token leaks, and its error messages.
 mod remote_helper;
+
+/// Upstream credentials (both REST generations) against a forge that requires Basic auth:
+/// syncs and forwarded pushes, rotation, no plaintext at rest or in logs, bad input; detach.
+mod credentials;
+
+/// Forge URL shapes, a self-hosted forge over TLS with its own CA, the proxy environment,
+/// per-host concurrency, 429/Retry-After and the fetched-pack size limit.
+mod providers;
