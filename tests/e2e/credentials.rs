@@ -365,7 +365,14 @@ fn deleting_a_credential_makes_syncs_anonymous_and_allows_a_new_one() {
 }
 
 /// One bad request: method, path, token, body, expected status, what it shows.
-type Case<'a> = (&'a str, String, Option<&'a str>, Option<Value>, u16, &'a str);
+type Case<'a> = (
+    &'a str,
+    String,
+    Option<&'a str>,
+    Option<Value>,
+    u16,
+    &'a str,
+);
 
 #[test]
 fn bad_credential_requests_are_refused_and_change_nothing() {
