@@ -34,6 +34,10 @@ pub struct Config {
     pub moved_ref_grace: Duration,
     /// Delete ephemeral refs not updated for this long (off when `None`).
     pub ephemeral_ttl: Option<Duration>,
+    /// Extra CA certificates (PEM) trusted for upstream TLS, besides the system roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Largest pack one sync may receive, in bytes.
+    pub max_fetch_bytes: u64,
 }
 
 impl Config {
@@ -48,6 +52,8 @@ impl Config {
             push_limits: Default::default(),
             moved_ref_grace: Duration::from_secs(60),
             ephemeral_ttl: None,
+            upstream_ca_file: None,
+            max_fetch_bytes: crate::sync::fetch::DEFAULT_MAX_FETCH_BYTES,
         }
     }
 }
@@ -87,6 +93,28 @@ pub enum AppError {
     /// The secret key cannot be loaded or created.
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretError),
+    /// `--upstream-ca-file` is unusable.
+    #[error("--upstream-ca-file {path}: {message}")]
+    UpstreamCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The certificates of `--upstream-ca-file`: at least one PEM certificate.
+fn upstream_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, AppError> {
+    let err = |message: String| AppError::UpstreamCa {
+        path: path.to_owned(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
 }
 
 impl App {
@@ -101,14 +129,23 @@ impl App {
         let secrets = Arc::new(SecretBox::open_dir(&config.data_dir)?);
         let credentials = Arc::new(CredentialSource::new(secrets.clone()));
         let interrupt = Arc::new(AtomicBool::new(false));
+        let roots = match &config.upstream_ca_file {
+            Some(path) => upstream_roots(path)?,
+            None => Vec::new(),
+        };
+        let upstream =
+            crate::upstream::UpstreamClient::with_roots(Duration::from_secs(300), &roots)?;
+        let mut fetch = crate::sync::fetch::FetchOptions::new(config.allow_http_upstream);
+        fetch.ca_certs = roots;
+        fetch.max_fetch_bytes = config.max_fetch_bytes;
         let sync = SyncManager::new(
             store.clone(),
             credentials.clone(),
-            config.allow_http_upstream,
+            fetch,
+            upstream.clone(),
             config.sync_interval,
             interrupt.clone(),
         );
-        let upstream = crate::upstream::UpstreamClient::new(Duration::from_secs(300))?;
         Ok(Arc::new(App {
             config,
             store,

@@ -12,6 +12,8 @@
 //! max_pack_bytes = 4294967296
 //! moved_ref_grace = 60        # seconds
 //! ephemeral_ttl = "7d"        # delete ephemeral refs not updated for that long
+//! upstream_ca_file = "/etc/codestorage/forge-ca.pem"   # extra roots for upstream TLS
+//! max_fetch_bytes = 8589934592   # largest pack one sync may receive
 //!
 //! [[issuers]]
 //! org = "acme"                # the JWT `iss`
@@ -64,6 +66,10 @@ pub struct FileConfig {
     pub moved_ref_grace: Option<u64>,
     /// Ephemeral ref expiry (`7d`, …).
     pub ephemeral_ttl: Option<String>,
+    /// Extra CA certificates (PEM) for upstream TLS.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Largest pack one sync may receive, bytes.
+    pub max_fetch_bytes: Option<u64>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,

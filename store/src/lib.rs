@@ -7,7 +7,8 @@
 //! ```text
 //! <data>/FORMAT                        format version of this directory (a decimal number)
 //! <data>/index/                        sled: the rebuildable index (records, refs, catalogs, soft state)
-//! <data>/repos/<id>/record.json        the repository record (atomically replaced)
+//! <data>/repos/<id>/record.json        the repository record (atomically replaced), with the
+//!                                      sealed upstream credential
 //! <data>/repos/<id>/refs.journal       append-only, fsynced ref transactions: refs + pack catalog
 //! <data>/repos/<id>/objects/pack/      standard git packs (pack-<hex>.pack + .idx)
 //! <data>/repos/<id>/objects/info/commit-graphs/   git commit-graph chain, one layer per pack
@@ -61,7 +62,7 @@ pub use index::Index;
 pub use ingest::{IngestOptions, Quarantine};
 pub use name::RepoName;
 pub use packs::{ObjectReader, Pack, PackSet};
-pub use record::{RepoRecord, UpstreamRecord};
+pub use record::{CredentialRecord, RepoRecord, UpstreamRecord};
 pub use refs::{Expect, Namespace, RefError, RefTable, RefUpdate, RefValue};
 pub use repo::{Repo, Transaction, TxOutcome, View};
 
@@ -284,6 +285,7 @@ impl Store {
             upstream,
             org,
             first_synced_at: None,
+            credential: None,
         };
         let record_path = dir.join("record.json");
         let json = serde_json::to_vec_pretty(&record)
