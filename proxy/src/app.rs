@@ -13,6 +13,7 @@ use crate::auth::keys::VerifyingKey;
 use crate::secrets::SecretBox;
 use crate::sync::SyncManager;
 use crate::upstream::CredentialSource;
+use crate::webhooks::Webhooks;
 
 /// Validated server settings.
 #[derive(Debug, Clone)]
@@ -34,6 +35,10 @@ pub struct Config {
     pub moved_ref_grace: Duration,
     /// Delete ephemeral refs not updated for this long (off when `None`).
     pub ephemeral_ttl: Option<Duration>,
+    /// First retry delay of webhook deliveries (doubling per failure).
+    pub webhook_retry_base: Duration,
+    /// How long a webhook delivery is retried before it is marked failed.
+    pub webhook_retry_window: Duration,
 }
 
 impl Config {
@@ -48,6 +53,8 @@ impl Config {
             push_limits: Default::default(),
             moved_ref_grace: Duration::from_secs(60),
             ephemeral_ttl: None,
+            webhook_retry_base: Duration::from_secs(10),
+            webhook_retry_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -65,11 +72,13 @@ pub struct App {
     /// HTTP client for forwarded pushes.
     pub upstream: crate::upstream::UpstreamClient,
     /// Token verification.
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     /// Seals and opens secrets at rest.
     pub secrets: Arc<SecretBox>,
     /// Upstream URLs with the credentials to present there.
     pub credentials: Arc<CredentialSource>,
+    /// Outgoing webhooks.
+    pub webhooks: Arc<Webhooks>,
 }
 
 /// Why the server cannot start.
@@ -87,6 +96,9 @@ pub enum AppError {
     /// The secret key cannot be loaded or created.
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretError),
+    /// The webhook state cannot be loaded.
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::WebhookError),
 }
 
 impl App {
@@ -97,16 +109,29 @@ impl App {
         issuers: Vec<(String, VerifyingKey)>,
     ) -> Result<Arc<App>, AppError> {
         let store = Arc::new(Store::open(&config.data_dir)?);
-        let auth = Authenticator::load(&config.data_dir, issuers)?;
+        let auth = Arc::new(Authenticator::load(&config.data_dir, issuers)?);
         let secrets = Arc::new(SecretBox::open_dir(&config.data_dir)?);
         let credentials = Arc::new(CredentialSource::new(secrets.clone()));
         let interrupt = Arc::new(AtomicBool::new(false));
+        let local = auth.clone();
+        let webhooks = Webhooks::open(
+            &config.data_dir,
+            secrets.clone(),
+            crate::webhooks::Settings {
+                allow_dev: config.allow_http_upstream,
+                retry_base: config.webhook_retry_base,
+                retry_window: config.webhook_retry_window,
+                ..Default::default()
+            },
+            Box::new(move || local.local_org()),
+        )?;
         let sync = SyncManager::new(
             store.clone(),
             credentials.clone(),
             config.allow_http_upstream,
             config.sync_interval,
             interrupt.clone(),
+            webhooks.clone(),
         );
         let upstream = crate::upstream::UpstreamClient::new(Duration::from_secs(300))?;
         Ok(Arc::new(App {
@@ -118,6 +143,7 @@ impl App {
             auth,
             secrets,
             credentials,
+            webhooks,
         }))
     }
 }

@@ -12,6 +12,8 @@
 //! max_pack_bytes = 4294967296
 //! moved_ref_grace = 60        # seconds
 //! ephemeral_ttl = "7d"        # delete ephemeral refs not updated for that long
+//! webhook_retry_base = 10     # seconds before the first webhook retry (doubles per failure)
+//! webhook_retry_window = 86400  # seconds a webhook delivery is retried before it fails
 //!
 //! [[issuers]]
 //! org = "acme"                # the JWT `iss`
@@ -64,6 +66,10 @@ pub struct FileConfig {
     pub moved_ref_grace: Option<u64>,
     /// Ephemeral ref expiry (`7d`, …).
     pub ephemeral_ttl: Option<String>,
+    /// Seconds before the first webhook retry.
+    pub webhook_retry_base: Option<u64>,
+    /// Seconds a webhook delivery is retried.
+    pub webhook_retry_window: Option<u64>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,

@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::time::{now_unix, rfc3339};
 use crate::upstream::CredentialSource;
+use crate::webhooks::{SyncEnd, SyncRun, Webhooks};
 
 /// The visible state of a repository's syncing.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -81,6 +82,8 @@ pub struct SyncManager {
     slots: Mutex<HashMap<String, Slot>>,
     limit: Semaphore,
     interrupt: Arc<AtomicBool>,
+    /// Where `repo.sync.*` events go.
+    webhooks: Arc<Webhooks>,
 }
 
 fn status_key(rid: &str) -> String {
@@ -100,6 +103,7 @@ impl SyncManager {
         allow_http: bool,
         interval: Duration,
         interrupt: Arc<AtomicBool>,
+        webhooks: Arc<Webhooks>,
     ) -> Arc<Self> {
         let mut slots = HashMap::new();
         for repo in store.repos() {
@@ -138,6 +142,7 @@ impl SyncManager {
             slots: Mutex::new(slots),
             limit: Semaphore::new(4),
             interrupt,
+            webhooks,
         })
     }
 
@@ -200,6 +205,13 @@ impl SyncManager {
                 Err(e) => Err(e.to_string()),
             };
             let started = Instant::now();
+            let record = repo.record();
+            let run = SyncRun {
+                previous_runs: self.status(&repo).run_count,
+                is_first_sync: record.first_synced_at.is_none(),
+                started_at: rfc3339(now_unix()),
+            };
+            self.webhooks.sync_started(&record, &run).await;
             tracing::info!("sync started");
             let result = match target {
                 Ok(target) => {
@@ -239,6 +251,10 @@ impl SyncManager {
                 }
                 Err(e) => tracing::warn!(error = %e, "sync failed"),
             }
+            let end = match &result {
+                Ok(_) => SyncEnd::Succeeded,
+                Err(e) => SyncEnd::Failed(e.clone()),
+            };
             let status = {
                 let mut slots = self.slots();
                 let slot = slots.entry(name.clone()).or_default();
@@ -283,6 +299,7 @@ impl SyncManager {
                     .index()
                     .soft_put(&status_key(&repo.record().id), &json);
             }
+            self.webhooks.sync_ended(&repo.record(), &run, &end).await;
             if status.1 {
                 break;
             }

@@ -5,9 +5,11 @@
 //!
 //! - `repos`: create, list, show, delete, pull-upstream.
 //! - `branches`: list, get, create / promote, delete (default and ephemeral namespaces).
+//! - `webhooks`: organisation-wide webhook subscriptions and their delivery logs.
 
 mod branches;
 mod repos;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -181,6 +183,13 @@ async fn route(
     path: &str,
     call: &Call,
 ) -> Result<Response<Body>, ApiError> {
+    if let Some(rest) = path
+        .strip_prefix("/api/v1/webhooks")
+        .or_else(|| path.strip_prefix("/api/webhooks"))
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+    {
+        return webhooks::route(app, id, method, rest, call).await;
+    }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         return legacy(app, id, method, rest, call).await;
     }
