@@ -59,3 +59,7 @@ mod tls;
 /// The remote helper `git-remote-codestorage` with real git: `codestorage::` URL forms, token
 /// sources and scopes (captured by a proxy), no token leaks, and its error messages.
 mod remote_helper;
+
+/// Outgoing webhooks: subscriptions (both REST generations, bad input, scopes, organisations),
+/// signed `push` and `repo.sync.*` deliveries to a loopback receiver, retries, restarts, kill -9.
+mod webhooks_out;

@@ -293,7 +293,7 @@ impl Webhooks {
             url: url.to_string(),
             events: kinds.iter().map(|k| k.as_str().to_owned()).collect(),
             secret_sealed: sealed,
-            created_at: now_unix(),
+            created_at_ms: now_ms(),
         };
         let this = self.clone();
         let stored = sub.clone();

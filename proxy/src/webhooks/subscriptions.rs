@@ -26,8 +26,8 @@ pub struct Subscription {
     pub events: Vec<String>,
     /// The signing secret, sealed.
     pub secret_sealed: String,
-    /// Creation time, unix seconds.
-    pub created_at: u64,
+    /// Creation time, unix milliseconds (orders the list).
+    pub created_at_ms: u64,
 }
 
 impl Subscription {
@@ -137,7 +137,7 @@ impl Subscriptions {
             .read()
             .map(|m| m.values().filter(|s| s.org == org).cloned().collect())
             .unwrap_or_default();
-        subs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        subs.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         subs
     }
 
@@ -164,14 +164,14 @@ impl Subscriptions {
 mod tests {
     use super::*;
 
-    fn sub(id: &str, org: &str, created_at: u64) -> Subscription {
+    fn sub(id: &str, org: &str, created_at_ms: u64) -> Subscription {
         Subscription {
             id: id.into(),
             org: org.into(),
             url: "https://example.com/h".into(),
             events: vec!["push".into()],
             secret_sealed: "v1:xx".into(),
-            created_at,
+            created_at_ms,
         }
     }
 

@@ -80,7 +80,7 @@ fn describe(app: &App, sub: &Subscription) -> Value {
         "id": sub.id,
         "url": sub.url,
         "events": sub.events,
-        "created_at": rfc3339(sub.created_at),
+        "created_at": rfc3339(sub.created_at_ms / 1000),
         "pending_deliveries": app.webhooks.pending(&sub.id),
     })
 }
