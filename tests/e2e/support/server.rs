@@ -633,11 +633,13 @@ impl Server {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
+                // Into the buffer first: once `spawn` returns, readers of `stdout()` (the TLS
+                // tests) must see this start's lines, not only the previous start's.
+                out_buf.lock().expect("log lock").push_str(&line);
                 if !announced && let Some(url) = listening_url(&line) {
                     announced = true;
                     let _ = tx.send(url);
                 }
-                out_buf.lock().expect("log lock").push_str(&line);
             }
         });
         let err_buf = self.stderr.clone();
