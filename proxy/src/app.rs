@@ -13,6 +13,7 @@ use crate::auth::keys::VerifyingKey;
 use crate::secrets::SecretBox;
 use crate::sync::SyncManager;
 use crate::upstream::CredentialSource;
+use crate::webhooks::Webhooks;
 
 /// Validated server settings.
 #[derive(Debug, Clone)]
@@ -38,6 +39,10 @@ pub struct Config {
     pub upstream_ca_file: Option<PathBuf>,
     /// Largest pack one sync may receive, in bytes.
     pub max_fetch_bytes: u64,
+    /// First retry delay of webhook deliveries (doubling per failure).
+    pub webhook_retry_base: Duration,
+    /// How long a webhook delivery is retried before it is marked failed.
+    pub webhook_retry_window: Duration,
 }
 
 impl Config {
@@ -54,6 +59,8 @@ impl Config {
             ephemeral_ttl: None,
             upstream_ca_file: None,
             max_fetch_bytes: crate::sync::fetch::DEFAULT_MAX_FETCH_BYTES,
+            webhook_retry_base: Duration::from_secs(10),
+            webhook_retry_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -71,11 +78,13 @@ pub struct App {
     /// HTTP client for forwarded pushes.
     pub upstream: crate::upstream::UpstreamClient,
     /// Token verification.
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     /// Seals and opens secrets at rest.
     pub secrets: Arc<SecretBox>,
     /// Upstream URLs with the credentials to present there.
     pub credentials: Arc<CredentialSource>,
+    /// Outgoing webhooks.
+    pub webhooks: Arc<Webhooks>,
 }
 
 /// Why the server cannot start.
@@ -101,6 +110,9 @@ pub enum AppError {
         /// What is wrong.
         message: String,
     },
+    /// The webhook state cannot be loaded.
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::WebhookError),
 }
 
 /// The certificates of `--upstream-ca-file`: at least one PEM certificate.
@@ -125,7 +137,7 @@ impl App {
         issuers: Vec<(String, VerifyingKey)>,
     ) -> Result<Arc<App>, AppError> {
         let store = Arc::new(Store::open(&config.data_dir)?);
-        let auth = Authenticator::load(&config.data_dir, issuers)?;
+        let auth = Arc::new(Authenticator::load(&config.data_dir, issuers)?);
         let secrets = Arc::new(SecretBox::open_dir(&config.data_dir)?);
         let credentials = Arc::new(CredentialSource::new(secrets.clone()));
         let interrupt = Arc::new(AtomicBool::new(false));
@@ -138,6 +150,18 @@ impl App {
         let mut fetch = crate::sync::fetch::FetchOptions::new(config.allow_http_upstream);
         fetch.ca_certs = roots;
         fetch.max_fetch_bytes = config.max_fetch_bytes;
+        let local = auth.clone();
+        let webhooks = Webhooks::open(
+            &config.data_dir,
+            secrets.clone(),
+            crate::webhooks::Settings {
+                allow_dev: config.allow_http_upstream,
+                retry_base: config.webhook_retry_base,
+                retry_window: config.webhook_retry_window,
+                ..Default::default()
+            },
+            Box::new(move || local.local_org()),
+        )?;
         let sync = SyncManager::new(
             store.clone(),
             credentials.clone(),
@@ -145,6 +169,7 @@ impl App {
             upstream.clone(),
             config.sync_interval,
             interrupt.clone(),
+            webhooks.clone(),
         );
         Ok(Arc::new(App {
             config,
@@ -155,6 +180,7 @@ impl App {
             auth,
             secrets,
             credentials,
+            webhooks,
         }))
     }
 }

@@ -14,6 +14,8 @@
 //! ephemeral_ttl = "7d"        # delete ephemeral refs not updated for that long
 //! upstream_ca_file = "/etc/codestorage/forge-ca.pem"   # extra roots for upstream TLS
 //! max_fetch_bytes = 8589934592   # largest pack one sync may receive
+//! webhook_retry_base = 10     # seconds before the first webhook retry (doubles per failure)
+//! webhook_retry_window = 86400  # seconds a webhook delivery is retried before it fails
 //!
 //! [[issuers]]
 //! org = "acme"                # the JWT `iss`
@@ -70,6 +72,10 @@ pub struct FileConfig {
     pub upstream_ca_file: Option<PathBuf>,
     /// Largest pack one sync may receive, bytes.
     pub max_fetch_bytes: Option<u64>,
+    /// Seconds before the first webhook retry.
+    pub webhook_retry_base: Option<u64>,
+    /// Seconds a webhook delivery is retried.
+    pub webhook_retry_window: Option<u64>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,

@@ -13,6 +13,7 @@
 //! - [`expiry`] — expiry of ephemeral refs.
 //! - [`time`] — timestamps.
 //! - [`upstream`] — the HTTP client for upstreams' smart-HTTP endpoints (forwarded pushes).
+//! - [`webhooks`] — outgoing webhooks: subscriptions, durable queue, signed delivery.
 
 pub mod app;
 pub mod auth;
@@ -26,3 +27,4 @@ pub mod server;
 pub mod sync;
 pub mod time;
 pub mod upstream;
+pub mod webhooks;

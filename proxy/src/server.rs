@@ -29,6 +29,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(app.sync.clone().schedule(stop_rx.clone()));
+    let webhooks = tokio::spawn(app.webhooks.clone().run(stop_rx.clone()));
     if let Some(ttl) = app.config.ephemeral_ttl {
         tokio::spawn(crate::expiry::run(app.clone(), ttl, stop_rx));
     }
@@ -74,6 +75,7 @@ pub async fn serve(
         tracing::warn!("connections still open after 10 s; closing");
     }
     app.interrupt.store(true, Ordering::Relaxed);
+    let _ = webhooks.await;
     let store = app.store.clone();
     let _ = tokio::task::spawn_blocking(move || store.wait_idle()).await;
     app.store.index().flush().map_err(std::io::Error::other)?;

@@ -70,3 +70,6 @@ mod credentials;
 /// Forge URL shapes, a self-hosted forge over TLS with its own CA, the proxy environment,
 /// per-host concurrency, 429/Retry-After and the fetched-pack size limit.
 mod providers;
+/// Outgoing webhooks: subscriptions (both REST generations, bad input, scopes, organisations),
+/// signed `push` and `repo.sync.*` deliveries to a loopback receiver, retries, restarts, kill -9.
+mod webhooks_out;

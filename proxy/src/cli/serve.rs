@@ -57,6 +57,13 @@ pub struct ServeArgs {
     /// Largest pack one sync may receive from an upstream, in bytes [default: 8 GiB].
     #[arg(long)]
     pub max_fetch_bytes: Option<u64>,
+    /// Seconds before the first retry of a failed webhook delivery; each further retry waits
+    /// twice as long, up to an hour [default: 10].
+    #[arg(long)]
+    pub webhook_retry_base: Option<u64>,
+    /// Seconds a webhook delivery is retried before it is marked failed [default: 86400].
+    #[arg(long)]
+    pub webhook_retry_window: Option<u64>,
 }
 
 /// Run the server on `data_dir` until `shutdown`.
@@ -88,6 +95,12 @@ pub async fn run(
             Some(crate::expiry::parse_duration(&ttl).with_context(|| {
                 format!("--ephemeral-ttl {ttl:?}: use e.g. 90s, 30m, 12h or 7d")
             })?);
+    }
+    if let Some(secs) = args.webhook_retry_base.or(file.webhook_retry_base) {
+        config.webhook_retry_base = Duration::from_secs(secs.max(1));
+    }
+    if let Some(secs) = args.webhook_retry_window.or(file.webhook_retry_window) {
+        config.webhook_retry_window = Duration::from_secs(secs);
     }
     if let Some(max) = args.max_pack_bytes.or(file.max_pack_bytes) {
         config.push_limits.max_pack_bytes = max;

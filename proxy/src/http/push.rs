@@ -37,6 +37,7 @@ use crate::protocol::receive_pack::{
 };
 use crate::upstream::push::advertised_refs;
 use crate::upstream::{UpstreamClient, UpstreamError, UpstreamTarget};
+use crate::webhooks::RefMove;
 
 /// The upstream of `repo` with the credential to present there now.
 async fn upstream_target(app: &App, repo: &Repo) -> Result<UpstreamTarget, ApiError> {
@@ -547,11 +548,22 @@ impl Worker {
         upstream: &UpstreamReport,
         quarantine: Option<Quarantine>,
     ) {
-        let updates: Vec<RefUpdate> = accepted
+        let moved: Vec<&&Command> = accepted
             .iter()
             .filter(|c| {
                 upstream.status_of(&c.name) == Some(RefStatus::Ok) && !upstream.rewritten(&c.name)
             })
+            .collect();
+        // The upstream moved these refs: that is the push, whatever happens here next.
+        let moves: Vec<RefMove> = moved
+            .iter()
+            .map(|c| RefMove::from_ids(&c.name, c.old, c.new))
+            .collect();
+        self.app
+            .webhooks
+            .pushed_blocking(&self.repo.record(), Namespace::Default, &moves);
+        let updates: Vec<RefUpdate> = moved
+            .into_iter()
             .map(|c| RefUpdate {
                 name: c.name.clone(),
                 expect: Expect::Any,

@@ -18,6 +18,7 @@ use crate::protocol::pktline;
 use crate::protocol::receive_pack::{self, local};
 use crate::protocol::upload_pack::{self, Context};
 use crate::sync::{Gate, SYNC_IN_PROGRESS};
+use crate::webhooks::RefMove;
 
 /// Which git endpoint a path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +278,7 @@ async fn receive_pack(
     let (mut writer, response_body) = ChannelWriter::new(8);
     let limits = app.config.push_limits;
     let interrupt = app.interrupt.clone();
+    let webhooks = app.webhooks.clone();
     let name = repo.record().name;
     tokio::task::spawn_blocking(move || {
         let _span = tracing::info_span!("receive-pack", repo = %name, ns = %ns).entered();
@@ -308,6 +310,14 @@ async fn receive_pack(
         for (r, status) in &report.refs {
             tracing::info!(r#ref = %r, status = ?status, who = %id.who(), "push");
         }
+        let moves: Vec<RefMove> = request
+            .commands
+            .iter()
+            .zip(&report.refs)
+            .filter(|(_, (_, status))| *status == receive_pack::RefStatus::Ok)
+            .map(|(c, _)| RefMove::from_ids(&c.name, c.old, c.new))
+            .collect();
+        webhooks.pushed_blocking(&repo.record(), ns, &moves);
         if let Err(e) = report.send(&request.caps, &mut writer) {
             tracing::debug!(error = %e, "client went away before the report");
         }

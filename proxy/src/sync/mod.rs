@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::time::{now_unix, rfc3339};
 use crate::upstream::{CredentialSource, UpstreamClient};
+use crate::webhooks::{SyncEnd, SyncRun, Webhooks};
 use politeness::Hosts;
 
 /// The visible state of a repository's syncing.
@@ -91,6 +92,8 @@ pub struct SyncManager {
     /// Asks a throttling upstream for its `Retry-After`.
     probe: UpstreamClient,
     interrupt: Arc<AtomicBool>,
+    /// Where `repo.sync.*` events go.
+    webhooks: Arc<Webhooks>,
 }
 
 fn status_key(rid: &str) -> String {
@@ -111,6 +114,7 @@ impl SyncManager {
         probe: UpstreamClient,
         interval: Duration,
         interrupt: Arc<AtomicBool>,
+        webhooks: Arc<Webhooks>,
     ) -> Arc<Self> {
         let mut slots = HashMap::new();
         for repo in store.repos() {
@@ -151,6 +155,7 @@ impl SyncManager {
             hosts: Hosts::new(politeness::PER_HOST_SYNCS),
             probe,
             interrupt,
+            webhooks,
         })
     }
 
@@ -211,6 +216,13 @@ impl SyncManager {
             };
             let host = politeness::host_key(&upstream.url);
             let started = Instant::now();
+            let record = repo.record();
+            let run = SyncRun {
+                previous_runs: self.status(&repo).run_count,
+                is_first_sync: record.first_synced_at.is_none(),
+                started_at: rfc3339(now_unix()),
+            };
+            self.webhooks.sync_started(&record, &run).await;
             let mut throttled = self.hosts.throttled_until(&host);
             let result = match throttled {
                 // The host asked us to wait: no request goes out; the scheduler comes back.
@@ -225,6 +237,8 @@ impl SyncManager {
                 }
             };
             if matches!(result, Err(ref e) if e == DETACHED) {
+                let end = SyncEnd::Failed("the repository was detached from its upstream".into());
+                self.webhooks.sync_ended(&repo.record(), &run, &end).await;
                 self.stop_tracking(&name);
                 break;
             }
@@ -248,6 +262,10 @@ impl SyncManager {
                 }
                 Err(e) => tracing::warn!(error = %e, "sync failed"),
             }
+            let end = match &result {
+                Ok(_) => SyncEnd::Succeeded,
+                Err(e) => SyncEnd::Failed(e.clone()),
+            };
             let status = {
                 let mut slots = self.slots();
                 let slot = slots.entry(name.clone()).or_default();
@@ -295,6 +313,7 @@ impl SyncManager {
                     .index()
                     .soft_put(&status_key(&repo.record().id), &json);
             }
+            self.webhooks.sync_ended(&repo.record(), &run, &end).await;
             if status.1 {
                 break;
             }

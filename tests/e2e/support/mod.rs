@@ -7,6 +7,8 @@
 //! - [`git`]: `Git`, the `git` binary in a hermetic environment, plus `seed_repo`.
 //! - [`http`]: a tiny blocking HTTP/1.1 client for REST calls and hand-made git requests.
 //! - [`pkt`]: pkt-line builders for hand-made upload-pack request bodies.
+//! - [`receiver`]: `Receiver`, a loopback webhook receiver that records requests and fails or
+//!   holds them on demand.
 //!
 //! This module holds what they share: `World` (server + upstream + git for one test), running a
 //! child process with a deadline, scratch directories named after the running test, polling with
@@ -21,6 +23,7 @@ pub mod git;
 pub mod http;
 pub mod jwt;
 pub mod pkt;
+pub mod receiver;
 pub mod server;
 pub mod upstream;
 

@@ -42,9 +42,16 @@ pub struct ServerBuilder {
     sync_interval_secs: u64,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    dev_switch: bool,
 }
 
 impl ServerBuilder {
+    /// Start without `--allow-http-upstream` (outbound connections: https to public hosts only).
+    pub fn without_dev_switch(mut self) -> Self {
+        self.dev_switch = false;
+        self
+    }
+
     /// `--sync-interval SECS` (default 3600, so background refresh stays out of the way).
     pub fn sync_interval(mut self, secs: u64) -> Self {
         self.sync_interval_secs = secs;
@@ -167,6 +174,7 @@ impl Server {
             sync_interval_secs: 3600,
             args: Vec::new(),
             env: Vec::new(),
+            dev_switch: true,
         }
     }
 
@@ -596,13 +604,9 @@ impl Server {
         let mut cmd = self.bin_command();
         cmd.arg("--data-dir")
             .arg(&self.data)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--allow-http-upstream",
-                "--sync-interval",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(self.opts.dev_switch.then_some("--allow-http-upstream"))
+            .arg("--sync-interval")
             .arg(self.opts.sync_interval_secs.to_string())
             .args(&self.opts.args);
         for (k, v) in &self.opts.env {
@@ -634,11 +638,13 @@ impl Server {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
+                // Into the buffer first: once `spawn` returns, readers of `stdout()` (the TLS
+                // tests) must see this start's lines, not only the previous start's.
+                out_buf.lock().expect("log lock").push_str(&line);
                 if !announced && let Some(url) = listening_url(&line) {
                     announced = true;
                     let _ = tx.send(url);
                 }
-                out_buf.lock().expect("log lock").push_str(&line);
             }
         });
         let err_buf = self.stderr.clone();

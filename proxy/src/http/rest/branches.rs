@@ -23,6 +23,7 @@ use crate::http::body::Body;
 use crate::http::error::ApiError;
 use crate::protocol::receive_pack::RefStatus;
 use crate::upstream::push::PushUpdate;
+use crate::webhooks::RefMove;
 
 fn ns_of(ephemeral: bool) -> Namespace {
     if ephemeral {
@@ -210,6 +211,12 @@ async fn move_ref(
             format!("the branch changed meanwhile: {e}"),
         ));
     }
+    let moved = RefMove {
+        name: name.to_owned(),
+        before: old,
+        after: new,
+    };
+    app.webhooks.pushed(&repo.record(), ns, &[moved]).await;
     if ns == Namespace::Default && repo.record().upstream.is_some() {
         app.sync.request(repo.clone());
     }

@@ -7,11 +7,13 @@
 //! - `fork`: create-repo with a repository of this server as `base_repo` (forks).
 //! - `branches`: list, get, create / promote, delete (default and ephemeral namespaces).
 //! - `credentials`: the upstream credential: create, rotate, delete.
+//! - `webhooks`: organisation-wide webhook subscriptions and their delivery logs.
 
 mod branches;
 mod credentials;
 mod fork;
 mod repos;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -187,6 +189,13 @@ async fn route(
     path: &str,
     call: &Call,
 ) -> Result<Response<Body>, ApiError> {
+    if let Some(rest) = path
+        .strip_prefix("/api/v1/webhooks")
+        .or_else(|| path.strip_prefix("/api/webhooks"))
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+    {
+        return webhooks::route(app, id, method, rest, call).await;
+    }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         return legacy(app, id, method, rest, call).await;
     }
