@@ -34,6 +34,10 @@ pub struct Config {
     pub moved_ref_grace: Duration,
     /// Delete ephemeral refs not updated for this long (off when `None`).
     pub ephemeral_ttl: Option<Duration>,
+    /// GitHub: where repositories are cloned from, the API, the App.
+    pub github: crate::upstream::github::GithubSettings,
+    /// Secrets of incoming forge webhooks (`/webhooks/{forge}`).
+    pub forge_secrets: crate::sync::forge_hooks::ForgeSecrets,
 }
 
 impl Config {
@@ -48,6 +52,8 @@ impl Config {
             push_limits: Default::default(),
             moved_ref_grace: Duration::from_secs(60),
             ephemeral_ttl: None,
+            github: Default::default(),
+            forge_secrets: Default::default(),
         }
     }
 }
@@ -70,6 +76,8 @@ pub struct App {
     pub secrets: Arc<SecretBox>,
     /// Upstream URLs with the credentials to present there.
     pub credentials: Arc<CredentialSource>,
+    /// Incoming forge webhooks: delivery dedup and debounced sync requests.
+    pub forge_hooks: Arc<crate::sync::forge_hooks::ForgeHooks>,
 }
 
 /// Why the server cannot start.
@@ -87,6 +95,9 @@ pub enum AppError {
     /// The secret key cannot be loaded or created.
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretError),
+    /// The GitHub App cannot be set up.
+    #[error(transparent)]
+    Github(#[from] crate::upstream::github::GithubError),
 }
 
 impl App {
@@ -99,7 +110,15 @@ impl App {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let auth = Authenticator::load(&config.data_dir, issuers)?;
         let secrets = Arc::new(SecretBox::open_dir(&config.data_dir)?);
-        let credentials = Arc::new(CredentialSource::new(secrets.clone()));
+        let github_app = match &config.github.app {
+            Some(app) => Some(Arc::new(crate::upstream::github::GithubApp::load(
+                &config.github.api_url,
+                app,
+            )?)),
+            None => None,
+        };
+        let credentials =
+            Arc::new(CredentialSource::new(secrets.clone()).with_github_app(github_app));
         let interrupt = Arc::new(AtomicBool::new(false));
         let sync = SyncManager::new(
             store.clone(),
@@ -118,6 +137,7 @@ impl App {
             auth,
             secrets,
             credentials,
+            forge_hooks: Arc::new(crate::sync::forge_hooks::ForgeHooks::new()),
         }))
     }
 }

@@ -6,6 +6,8 @@
 //! more run follows (it may see newer upstream state); any number of requests coalesce into it.
 
 pub mod fetch;
+pub mod forge_hooks;
+pub mod public;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;

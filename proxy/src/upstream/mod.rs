@@ -135,4 +135,5 @@ impl UpstreamClient {
 }
 
 pub mod credential;
+pub mod github;
 pub mod push;
