@@ -59,3 +59,13 @@ mod tls;
 /// The remote helper `git-remote-codestorage` with real git: `codestorage::` URL forms, token
 /// sources and scopes (captured by a proxy), no token leaks, and its error messages.
 mod remote_helper;
+
+/// GitHub mirrors: App mode (installation tokens from a fake GitHub API, refreshed after
+/// expiry, used for fetches and forwarded pushes), the 412 without an App, public mode
+/// (readability check, pushes kept local, diverged refs reported and never overwritten).
+mod github;
+
+/// Incoming forge webhooks (GitHub, GitLab, Gitea, Forgejo, Bitbucket): signed deliveries
+/// trigger syncs of matching mirrors; bad or missing signatures are 401 and change nothing;
+/// duplicates and bursts sync once; the webhook-to-served lag.
+mod forge_webhooks;

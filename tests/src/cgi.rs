@@ -12,8 +12,10 @@
 //! listener, on whatever tokio runtime the caller owns.
 //!
 //! Knobs, settable at any time: [`Bridge::set_delay_per_chunk`] (the response body goes out in
-//! 1 KiB pieces, each after this delay) and [`Bridge::set_fail`] (answer every request with this
-//! status, without running git). [`Bridge::requests`] / [`Bridge::request_log`] say what arrived.
+//! 1 KiB pieces, each after this delay), [`Bridge::set_fail`] (answer every request with this
+//! status, without running git) and [`Bridge::require_basic_auth`] (answer 401 unless the HTTP
+//! Basic credentials pass a check, as a forge does for private repos). [`Bridge::requests`] /
+//! [`Bridge::request_log`] say what arrived.
 //!
 //! Resource accounting ([`Config::stats`]): while a request's child runs, its process tree
 //! (`http-backend` → `upload-pack` → `pack-objects`) is sampled every [`SAMPLE_INTERVAL`] for
@@ -71,12 +73,43 @@ pub struct Config {
     pub echo_stderr: bool,
 }
 
+/// Decides whether HTTP Basic credentials `(user, password)` are accepted.
+pub type BasicAuthCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// A [`BasicAuthCheck`] accepting the `user:password` lines of `file`, read at every request
+/// (so the file can be rewritten while the server runs); a missing file accepts nothing.
+pub fn basic_auth_file(file: PathBuf) -> BasicAuthCheck {
+    Arc::new(move |user, password| {
+        std::fs::read_to_string(&file).is_ok_and(|text| {
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .any(|(u, p)| u == user && p == password)
+        })
+    })
+}
+
+/// The `(user, password)` of an `Authorization: Basic …` header.
+fn basic_credentials(value: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or(value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
 /// The state shared by every request of one server.
 pub struct Bridge {
     config: Config,
     delay_per_chunk_ms: AtomicU64,
     /// 0: answer normally; else the status every request gets.
     fail: AtomicU16,
+    /// When set, requests whose Basic credentials fail it get 401.
+    basic_auth: Mutex<Option<BasicAuthCheck>>,
     requests: AtomicUsize,
     log: Mutex<Vec<String>>,
     /// What the CGI children printed on stderr (for failure messages).
@@ -174,6 +207,7 @@ impl Bridge {
             config,
             delay_per_chunk_ms: AtomicU64::new(0),
             fail: AtomicU16::new(0),
+            basic_auth: Mutex::new(None),
             requests: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
             cgi_stderr: Mutex::new(String::new()),
@@ -199,6 +233,33 @@ impl Bridge {
             assert!((100..=599).contains(&s), "not an HTTP status: {s}");
         }
         self.fail.store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// `Some(check)`: every request must carry HTTP Basic credentials that pass `check`, else it
+    /// is answered 401 with a `WWW-Authenticate: Basic` challenge (without running git).
+    /// `None`: no authentication (the default).
+    pub fn require_basic_auth(&self, check: Option<BasicAuthCheck>) {
+        *self
+            .basic_auth
+            .lock()
+            .expect("basic-auth lock is never poisoned") = check;
+    }
+
+    /// Whether `req` may go on: no check set, or its credentials pass it.
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let check = self
+            .basic_auth
+            .lock()
+            .expect("basic-auth lock is never poisoned")
+            .clone();
+        let Some(check) = check else {
+            return true;
+        };
+        req.headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(basic_credentials)
+            .is_some_and(|(user, password)| check(&user, &password))
     }
 
     /// How many requests have arrived so far (not counting `/__stats`).
@@ -314,6 +375,14 @@ async fn handle(
             "text/plain",
             "upstream failure injected by the test\n".to_owned(),
         ));
+    }
+    if !bridge.authorized(&req) {
+        let mut resp = body_response(401, "text/plain", "authentication required\n".to_owned());
+        resp.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_static("Basic realm=\"git\""),
+        );
+        return Ok(resp);
     }
     match run_cgi(&bridge, req, peer).await {
         Ok(resp) => Ok(resp),
@@ -572,5 +641,21 @@ impl Body for ChannelBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.rx.poll_recv(cx).map(|m| m.map(|r| r.map(Frame::data)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_decoded() {
+        // "x-access-token:ghs_abc" in base64.
+        assert_eq!(
+            basic_credentials("Basic eC1hY2Nlc3MtdG9rZW46Z2hzX2FiYw=="),
+            Some(("x-access-token".into(), "ghs_abc".into()))
+        );
+        assert_eq!(basic_credentials("Bearer abc"), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
     }
 }

@@ -7,6 +7,8 @@
 //! - [`git`]: `Git`, the `git` binary in a hermetic environment, plus `seed_repo`.
 //! - [`http`]: a tiny blocking HTTP/1.1 client for REST calls and hand-made git requests.
 //! - [`pkt`]: pkt-line builders for hand-made upload-pack request bodies.
+//! - [`github`]: a fake GitHub REST API (App installation tokens) and App keys.
+//! - [`forge`]: forge webhook deliveries, shaped and signed as each forge sends them.
 //!
 //! This module holds what they share: `World` (server + upstream + git for one test), running a
 //! child process with a deadline, scratch directories named after the running test, polling with
@@ -17,7 +19,9 @@
 
 #![allow(dead_code)] // not every test module uses every helper
 
+pub mod forge;
 pub mod git;
+pub mod github;
 pub mod http;
 pub mod jwt;
 pub mod pkt;

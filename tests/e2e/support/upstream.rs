@@ -10,6 +10,7 @@
 //! - [`Upstream::set_delay_per_chunk`]: the response body goes out in 1 KiB pieces, each after this
 //!   delay (makes a sync take a while);
 //! - [`Upstream::set_fail`]: answer every request with this status, without running git;
+//! - [`Upstream::require_basic_auth`]: answer 401 unless the Basic credentials pass a check;
 //! - [`Upstream::requests`] / [`Upstream::request_log`]: what reached the upstream.
 
 use std::net::SocketAddr;
@@ -124,6 +125,12 @@ impl Upstream {
     /// running git. `None`: back to normal.
     pub fn set_fail(&self, status: Option<u16>) {
         self.bridge.set_fail(status);
+    }
+
+    /// `Some(check)`: every request needs HTTP Basic credentials that pass `check` (401
+    /// otherwise), as a forge's private repository does. `None`: open again.
+    pub fn require_basic_auth(&self, check: Option<cgi::BasicAuthCheck>) {
+        self.bridge.require_basic_auth(check);
     }
 
     /// How many requests have reached the upstream so far.
