@@ -252,6 +252,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn forge_keys_parse_and_secrets_stay_masked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "github_url = \"https://ghe.example.com\"\ngithub_app_id = \"9\"\n\
+             github_app_key = \"/k.pem\"\ngithub_webhook_secret = \"s3cr3t-gh\"\n\
+             gitea_webhook_secret = \"s3cr3t-gt\"\n",
+        )
+        .expect("write");
+        let cfg = FileConfig::load(&path).expect("parses");
+        assert_eq!(cfg.github_app_id.as_deref(), Some("9"));
+        assert_eq!(
+            cfg.github_webhook_secret.as_ref().map(Secret::expose),
+            Some("s3cr3t-gh")
+        );
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cr3t"), "Debug masks secrets: {shown}");
+    }
+
+    #[test]
     fn github_settings_are_validated() {
         let s = github_settings(None, None, None, None).expect("defaults");
         assert_eq!(s.url, "https://github.com");

@@ -234,6 +234,64 @@ fn an_expired_installation_token_is_replaced_by_a_new_one() {
 }
 
 #[test]
+fn a_push_is_refused_with_502_once_github_stops_handing_out_tokens() {
+    let a = app_world();
+    let w = &a.w;
+    let seed = seed_repo(&w.git, &w.upstream, "acme/gone");
+    a.github.install("acme/gone", 9, Duration::from_secs(10));
+    let resp = create_github(&w.server, "gone", "acme/gone", json!({}));
+    assert_eq!(resp.status, 201, "create: {}", resp.describe());
+    w.server.wait_synced("gone");
+    let clone = w.git.unique_path("work");
+    w.git.clone(&w.server.git_url("gone"), &clone, &["-q"]);
+    let minted = a.github.minted_for(9);
+    assert_eq!(minted.len(), 1, "{minted:?}");
+
+    // The App is uninstalled; once the cached token is stale, no new one can be had.
+    a.github.uninstall("acme/gone");
+    wait_until(Duration::from_secs(40), "the token to expire", || {
+        ((crate::support::jwt::now() as u64) > minted[0].expires_at).then_some(())
+    });
+    let upstream_before = w.git.refs(&seed.bare);
+    w.git.commit_file(&clone, "late.txt", "late\n", "late");
+    let out = w.git.run_fail(&clone, &["push", "origin", "main"]);
+    assert!(
+        out.stderr.contains("502"),
+        "git reports the 502:\n{}",
+        out.describe()
+    );
+    let auth = format!("Basic {}", base64_t(&w.server.token()));
+    let resp = w.server.request(
+        "GET",
+        "/gone.git/info/refs?service=git-receive-pack",
+        None,
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(resp.status, 502, "{}", resp.describe());
+    assert!(
+        resp.text().contains("not installed on acme/gone"),
+        "the 502 says why: {}",
+        resp.describe()
+    );
+    assert_maps_eq(
+        &w.git.refs(&seed.bare),
+        &upstream_before,
+        "the upstream is unchanged",
+    );
+    assert_eq!(
+        a.github.minted_for(9).len(),
+        1,
+        "no token was minted for it"
+    );
+}
+
+/// Base64 of `t:<token>`, for a hand-made Basic header.
+fn base64_t(token: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("t:{token}"))
+}
+
+#[test]
 fn app_mode_without_an_installation_fails_the_sync_with_a_clear_error() {
     let a = app_world();
     let w = &a.w;

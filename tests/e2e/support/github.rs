@@ -246,6 +246,13 @@ impl FakeGithub {
         );
     }
 
+    /// Uninstall the App from `owner/repo`: its installation lookups are 404 from now on.
+    pub fn uninstall(&self, full_name: &str) {
+        self.lock()
+            .installations
+            .remove(&full_name.to_ascii_lowercase());
+    }
+
     /// Every token handed out so far, oldest first.
     pub fn minted(&self) -> Vec<Minted> {
         self.lock().minted.clone()
