@@ -38,6 +38,10 @@ pub struct Config {
     pub github: crate::upstream::github::GithubSettings,
     /// Secrets of incoming forge webhooks (`/webhooks/{forge}`).
     pub forge_secrets: crate::sync::forge_hooks::ForgeSecrets,
+    /// Extra CA certificates (PEM) trusted for upstream TLS, besides the system roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Largest pack one sync may receive, in bytes.
+    pub max_fetch_bytes: u64,
 }
 
 impl Config {
@@ -54,6 +58,8 @@ impl Config {
             ephemeral_ttl: None,
             github: Default::default(),
             forge_secrets: Default::default(),
+            upstream_ca_file: None,
+            max_fetch_bytes: crate::sync::fetch::DEFAULT_MAX_FETCH_BYTES,
         }
     }
 }
@@ -98,6 +104,28 @@ pub enum AppError {
     /// The GitHub App cannot be set up.
     #[error(transparent)]
     Github(#[from] crate::upstream::github::GithubError),
+    /// `--upstream-ca-file` is unusable.
+    #[error("--upstream-ca-file {path}: {message}")]
+    UpstreamCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The certificates of `--upstream-ca-file`: at least one PEM certificate.
+fn upstream_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, AppError> {
+    let err = |message: String| AppError::UpstreamCa {
+        path: path.to_owned(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
 }
 
 impl App {
@@ -120,14 +148,23 @@ impl App {
         let credentials =
             Arc::new(CredentialSource::new(secrets.clone()).with_github_app(github_app));
         let interrupt = Arc::new(AtomicBool::new(false));
+        let roots = match &config.upstream_ca_file {
+            Some(path) => upstream_roots(path)?,
+            None => Vec::new(),
+        };
+        let upstream =
+            crate::upstream::UpstreamClient::with_roots(Duration::from_secs(300), &roots)?;
+        let mut fetch = crate::sync::fetch::FetchOptions::new(config.allow_http_upstream);
+        fetch.ca_certs = roots;
+        fetch.max_fetch_bytes = config.max_fetch_bytes;
         let sync = SyncManager::new(
             store.clone(),
             credentials.clone(),
-            config.allow_http_upstream,
+            fetch,
+            upstream.clone(),
             config.sync_interval,
             interrupt.clone(),
         );
-        let upstream = crate::upstream::UpstreamClient::new(Duration::from_secs(300))?;
         Ok(Arc::new(App {
             config,
             store,

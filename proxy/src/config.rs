@@ -20,6 +20,8 @@
 //! gitlab_webhook_secret = "…"                # POST /webhooks/gitlab
 //! gitea_webhook_secret = "…"                 # POST /webhooks/gitea and /webhooks/forgejo
 //! bitbucket_webhook_secret = "…"             # POST /webhooks/bitbucket
+//! upstream_ca_file = "/etc/codestorage/forge-ca.pem"   # extra roots for upstream TLS
+//! max_fetch_bytes = 8589934592   # largest pack one sync may receive
 //!
 //! [[issuers]]
 //! org = "acme"                # the JWT `iss`
@@ -98,6 +100,10 @@ pub struct FileConfig {
     /// Secret of `/webhooks/bitbucket`.
     #[serde(default, deserialize_with = "secret")]
     pub bitbucket_webhook_secret: Option<Secret>,
+    /// Extra CA certificates (PEM) for upstream TLS.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Largest pack one sync may receive, bytes.
+    pub max_fetch_bytes: Option<u64>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,

@@ -7,7 +7,8 @@
 //! ```text
 //! <data>/FORMAT                        format version of this directory (a decimal number)
 //! <data>/index/                        sled: the rebuildable index (records, refs, catalogs, soft state)
-//! <data>/repos/<id>/record.json        the repository record (atomically replaced)
+//! <data>/repos/<id>/record.json        the repository record (atomically replaced), with the
+//!                                      sealed upstream credential
 //! <data>/repos/<id>/refs.journal       append-only, fsynced ref transactions: refs + pack catalog
 //! <data>/repos/<id>/objects/pack/      standard git packs (pack-<hex>.pack + .idx)
 //! <data>/repos/<id>/objects/info/commit-graphs/   git commit-graph chain, one layer per pack
@@ -61,7 +62,7 @@ pub use index::Index;
 pub use ingest::{IngestOptions, Quarantine};
 pub use name::RepoName;
 pub use packs::{ObjectReader, Pack, PackSet};
-pub use record::{RepoRecord, UpstreamRecord};
+pub use record::{CredentialRecord, RepoRecord, UpstreamRecord};
 pub use refs::{Expect, Namespace, RefError, RefTable, RefUpdate, RefValue};
 pub use repo::{Repo, Transaction, TxOutcome, View};
 
@@ -202,6 +203,11 @@ impl Store {
             .ok()
             .and_then(|mut m| m.remove(name))
             .ok_or_else(|| StoreError::RepoNotFound(name.to_owned()))?;
+        self.trash(&repo)
+    }
+
+    /// Move `repo`'s directory to the trash, forget its index entries, empty the trash.
+    fn trash(&self, repo: &Repo) -> Result<()> {
         let record = repo.record();
         let trash = self.root.join("trash");
         fsutil::create_dir_all_durable(&trash).map_err(StoreError::io("create", &trash))?;
@@ -224,6 +230,35 @@ impl Store {
         default_branch: &str,
         upstream: Option<UpstreamRecord>,
         org: Option<String>,
+    ) -> Result<Arc<Repo>> {
+        self.create_with(name, default_branch, upstream, org, |_| Ok(()))
+    }
+
+    /// Create `name` as a fork of `source`: a local repository that shares the source's objects
+    /// (its packs are hard-linked, not copied) and starts with `refs` in its default namespace
+    /// (`HEAD` points at `refs/heads/<default_branch>`). The fork becomes visible only once its
+    /// refs are in place; a crash before that leaves an empty repository of that name.
+    pub fn fork_repo(
+        &self,
+        source: &Repo,
+        name: &RepoName,
+        default_branch: &str,
+        org: Option<String>,
+        refs: Vec<(String, RefValue)>,
+    ) -> Result<Arc<Repo>> {
+        let view = source.view();
+        self.create_with(name, default_branch, None, org, |repo| {
+            repo.adopt(&view, source.dir(), refs, "fork")
+        })
+    }
+
+    fn create_with(
+        &self,
+        name: &RepoName,
+        default_branch: &str,
+        upstream: Option<UpstreamRecord>,
+        org: Option<String>,
+        populate: impl FnOnce(&Repo) -> Result<()>,
     ) -> Result<Arc<Repo>> {
         let _guard = self.create.lock().unwrap_or_else(|p| p.into_inner());
         if self.repo(name.as_str()).is_some() {
@@ -250,6 +285,7 @@ impl Store {
             upstream,
             org,
             first_synced_at: None,
+            credential: None,
         };
         let record_path = dir.join("record.json");
         let json = serde_json::to_vec_pretty(&record)
@@ -270,6 +306,12 @@ impl Store {
                 atomic: true,
                 quarantine: None,
             })?;
+        }
+        if let Err(e) = populate(&repo) {
+            if let Err(cleanup) = self.trash(&repo) {
+                tracing::warn!(error = %cleanup, "could not remove a repository whose creation failed");
+            }
+            return Err(e);
         }
         if let Ok(mut m) = self.repos.write() {
             m.insert(name.to_string(), repo.clone());

@@ -30,6 +30,32 @@ pub struct UpstreamRecord {
     pub auth_type: Option<String>,
 }
 
+/// A repository's upstream credential (compat.md §5.6), as stored: the user name and password
+/// are sealed together by the server (the store never sees plaintext), so this record may be
+/// written to disk, indexed and logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    /// The credential's id (`ggc_` + 16 hex digits).
+    pub id: String,
+    /// The sealed user name and password (opaque to the store).
+    pub sealed: String,
+    /// Creation time, unix seconds.
+    pub created_at: u64,
+    /// Time of the last rotation (or creation), unix seconds.
+    pub updated_at: u64,
+}
+
+impl std::fmt::Debug for CredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRecord")
+            .field("id", &self.id)
+            .field("sealed", &"<sealed>")
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
 /// A repository's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoRecord {
@@ -52,4 +78,7 @@ pub struct RepoRecord {
     /// serves nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_synced_at: Option<u64>,
+    /// The credential presented to the upstream, if one is stored (one per repository).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialRecord>,
 }

@@ -28,6 +28,8 @@ use crate::record::RepoRecord;
 use crate::refs::{Expect, Namespace, RefError, RefTable, RefUpdate, RefValue, valid_ref_name};
 use crate::state::{Catalog, RepoState};
 
+mod fork;
+
 /// An immutable snapshot of a repository's packs and refs.
 #[derive(Debug, Clone)]
 pub struct View {
@@ -141,6 +143,8 @@ pub struct Repo {
     dir: PathBuf,
     index: Index,
     record: RwLock<RepoRecord>,
+    /// Serializes record writers, so a read-modify-write never loses another's change.
+    record_writer: Mutex<()>,
     writer: Mutex<Writer>,
     view: Arc<RwLock<Arc<View>>>,
     /// The latest commit graph; views take it when published.
@@ -238,6 +242,7 @@ impl Repo {
             dir,
             index,
             record: RwLock::new(record),
+            record_writer: Mutex::new(()),
             writer: Mutex::new(Writer { journal, state }),
             graph: Arc::new(RwLock::new(view.graph.clone())),
             view: Arc::new(RwLock::new(Arc::new(view))),
@@ -557,8 +562,32 @@ impl Repo {
         Ok(true)
     }
 
-    /// Replace the record (e.g. a changed upstream), durably.
+    /// Replace the record (e.g. a changed upstream), durably. Prefer [`Repo::update_record`]
+    /// when the new record is derived from the current one.
     pub fn set_record(&self, record: RepoRecord) -> Result<()> {
+        let _w = lock(&self.record_writer);
+        self.write_record(record)
+    }
+
+    /// Change the record with `change` and store the result durably, atomically with respect to
+    /// other record writers (no lost updates). When `change` fails nothing is written.
+    pub fn update_record<T, E>(
+        &self,
+        change: impl FnOnce(&mut RepoRecord) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let _w = lock(&self.record_writer);
+        let mut record = self.record();
+        let out = change(&mut record)?;
+        if record != self.record() {
+            self.write_record(record)?;
+        }
+        Ok(out)
+    }
+
+    fn write_record(&self, record: RepoRecord) -> Result<()> {
         let path = self.dir.join("record.json");
         let json = serde_json::to_vec_pretty(&record)
             .map_err(|e| StoreError::Invalid(format!("encode record: {e}")))?;

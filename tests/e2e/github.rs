@@ -53,7 +53,7 @@ fn app_world() -> AppWorld {
     let github = FakeGithub::start(APP_ID, &key.public_pem);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let w = github_world(|b, upstream| {
-        upstream.require_basic_auth(Some(github.token_check(seen.clone())));
+        upstream.require_basic_auth_check(Some(github.token_check(seen.clone())));
         b.arg("--github-api-url")
             .arg(github.api_url())
             .arg("--github-app-id")
@@ -342,7 +342,7 @@ fn public_mode_needs_a_publicly_readable_repository() {
     let w = github_world(|b, _| b);
     seed_repo(&w.git, &w.upstream, "acme/secret");
     w.upstream
-        .require_basic_auth(Some(Arc::new(|_: &str, _: &str| false)));
+        .require_basic_auth_check(Some(Arc::new(|_: &str, _: &str| false)));
     let public = json!({ "auth": { "auth_type": "public" } });
     let resp = create_github(&w.server, "secret", "acme/secret", public.clone());
     assert_eq!(resp.status, 400, "private repository: {}", resp.describe());

@@ -201,7 +201,7 @@ fn basic_auth_knob_lets_only_listed_credentials_in() {
     let (git, upstream, seed) = seeded();
     let file = git.scratch().join("upstream-auth.txt");
     std::fs::write(&file, "x-access-token:good\n").expect("write the credentials file");
-    upstream.require_basic_auth(Some(codestorage_tests::cgi::basic_auth_file(file.clone())));
+    upstream.require_basic_auth_check(Some(codestorage_tests::cgi::basic_auth_file(file.clone())));
     let path = "/repo.git/info/refs?service=git-upload-pack";
     let resp = http::request(&upstream.base(), "GET", path, &[], None);
     assert_eq!(resp.status, 401, "anonymous: {}", resp.describe());

@@ -60,6 +60,17 @@ mod tls;
 /// sources and scopes (captured by a proxy), no token leaks, and its error messages.
 mod remote_helper;
 
+/// Forks: create-repo with another repository of this server as the base.
+mod fork;
+
+/// Upstream credentials (both REST generations) against a forge that requires Basic auth:
+/// syncs and forwarded pushes, rotation, no plaintext at rest or in logs, bad input; detach.
+mod credentials;
+
+/// Forge URL shapes, a self-hosted forge over TLS with its own CA, the proxy environment,
+/// per-host concurrency, 429/Retry-After and the fetched-pack size limit.
+mod providers;
+
 /// GitHub mirrors: App mode (installation tokens from a fake GitHub API, refreshed after
 /// expiry, used for fetches and forwarded pushes), the 412 without an App, public mode
 /// (readability check, pushes kept local, diverged refs reported and never overwritten).

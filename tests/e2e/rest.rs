@@ -90,6 +90,44 @@ fn pull_upstream_on_a_mirror_is_202_and_runs_a_sync() {
 }
 
 #[test]
+fn pull_upstream_takes_an_optional_ref_and_refuses_bad_ones() {
+    let w = World::new();
+    let seed = seed_repo(&w.git, &w.upstream, "repo");
+    w.server.mirror("repo", &seed.url);
+    let path = Server::repo_path("repo", "/pull-upstream");
+    for body in [
+        json!({"ref": "main"}),
+        json!({"ref": "refs/heads/main"}),
+        json!({}),
+    ] {
+        let resp = w.server.request_json("POST", &path, &body);
+        assert_eq!(resp.status, 202, "{body}: {}", resp.describe());
+    }
+    for body in [
+        json!({"ref": "bad..name"}),
+        json!({"ref": "refs/heads/x y"}),
+        json!({"after": "abc"}),
+        json!({"ref": 7}),
+    ] {
+        let resp = w.server.request_json("POST", &path, &body);
+        assert_eq!(resp.status, 400, "{body}: {}", resp.describe());
+        assert!(resp.json()["error"].is_string(), "{body}: JSON error");
+    }
+    // The legacy route (repo from the token) behaves the same.
+    let token = w.server.mint(&["--repo", "repo", "--scopes", "git:write"]);
+    let resp = w.server.request(
+        "POST",
+        "/api/v1/repos/pull-upstream",
+        Some(br#"{"ref":"main"}"#),
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {token}")),
+        ],
+    );
+    assert_eq!(resp.status, 202, "legacy: {}", resp.describe());
+}
+
+#[test]
 fn pull_upstream_on_a_repo_without_upstream_is_400() {
     let w = World::new();
     w.server.create_local("plain");

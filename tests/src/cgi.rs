@@ -13,9 +13,14 @@
 //!
 //! Knobs, settable at any time: [`Bridge::set_delay_per_chunk`] (the response body goes out in
 //! 1 KiB pieces, each after this delay), [`Bridge::set_fail`] (answer every request with this
-//! status, without running git) and [`Bridge::require_basic_auth`] (answer 401 unless the HTTP
-//! Basic credentials pass a check, as a forge does for private repos). [`Bridge::requests`] /
-//! [`Bridge::request_log`] say what arrived.
+//! status, without running git), [`Bridge::set_retry_after`] (a `Retry-After` header on those
+//! answers) and [`Bridge::require_basic_auth`] (answer 401 unless the request carries this HTTP
+//! Basic user and password, as a forge does for a private repository; or, with
+//! [`Bridge::require_basic_auth_check`], unless its credentials pass a check of the caller's). [`Bridge::requests`] /
+//! [`Bridge::request_log`] / [`Bridge::auth_log`] say what arrived; [`Bridge::max_in_flight`] how
+//! many requests were served at once at most.
+//!
+//! [`serve`] speaks plain HTTP; [`serve_tls`] the same over TLS (a forge with its own CA).
 //!
 //! Resource accounting ([`Config::stats`]): while a request's child runs, its process tree
 //! (`http-backend` → `upload-pack` → `pack-objects`) is sampled every [`SAMPLE_INTERVAL`] for
@@ -35,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -88,30 +94,22 @@ pub fn basic_auth_file(file: PathBuf) -> BasicAuthCheck {
     })
 }
 
-/// The `(user, password)` of an `Authorization: Basic …` header.
-fn basic_credentials(value: &str) -> Option<(String, String)> {
-    use base64::Engine as _;
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or(value.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
-}
-
 /// The state shared by every request of one server.
 pub struct Bridge {
     config: Config,
     delay_per_chunk_ms: AtomicU64,
     /// 0: answer normally; else the status every request gets.
     fail: AtomicU16,
-    /// When set, requests whose Basic credentials fail it get 401.
-    basic_auth: Mutex<Option<BasicAuthCheck>>,
     requests: AtomicUsize,
     log: Mutex<Vec<String>>,
+    /// `Retry-After` value sent with injected failures.
+    retry_after: Mutex<Option<String>>,
+    /// When set, requests whose Basic credentials fail it get 401.
+    basic_auth: Mutex<Option<BasicAuthCheck>>,
+    /// Each presented Basic credential as `user:password`, with `ok`/`refused`.
+    auth_log: Mutex<Vec<String>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
     /// What the CGI children printed on stderr (for failure messages).
     cgi_stderr: Mutex<String>,
     usage: Usage,
@@ -207,9 +205,13 @@ impl Bridge {
             config,
             delay_per_chunk_ms: AtomicU64::new(0),
             fail: AtomicU16::new(0),
-            basic_auth: Mutex::new(None),
             requests: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
+            retry_after: Mutex::new(None),
+            basic_auth: Mutex::new(None),
+            auth_log: Mutex::new(Vec::new()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: Arc::new(AtomicUsize::new(0)),
             cgi_stderr: Mutex::new(String::new()),
             usage: Usage::default(),
         })
@@ -238,28 +240,36 @@ impl Bridge {
     /// `Some(check)`: every request must carry HTTP Basic credentials that pass `check`, else it
     /// is answered 401 with a `WWW-Authenticate: Basic` challenge (without running git).
     /// `None`: no authentication (the default).
-    pub fn require_basic_auth(&self, check: Option<BasicAuthCheck>) {
-        *self
-            .basic_auth
-            .lock()
-            .expect("basic-auth lock is never poisoned") = check;
+    pub fn require_basic_auth_check(&self, check: Option<BasicAuthCheck>) {
+        *self.basic_auth.lock().expect("lock is never poisoned") = check;
     }
 
-    /// Whether `req` may go on: no check set, or its credentials pass it.
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let check = self
-            .basic_auth
+    /// `Some(value)`: answers made by [`Bridge::set_fail`] carry `Retry-After: value`.
+    pub fn set_retry_after(&self, value: Option<&str>) {
+        *self.retry_after.lock().expect("lock is never poisoned") = value.map(str::to_owned);
+    }
+
+    /// `Some((user, password))`: every request must carry this HTTP Basic credential, else it
+    /// gets `401` with `WWW-Authenticate: Basic`. `None`: anonymous access.
+    pub fn require_basic_auth(&self, credential: Option<(&str, &str)>) {
+        let check = credential.map(|(u, p)| {
+            let (user, password) = (u.to_owned(), p.to_owned());
+            Arc::new(move |u: &str, p: &str| u == user && p == password) as BasicAuthCheck
+        });
+        self.require_basic_auth_check(check);
+    }
+
+    /// Every Basic credential presented so far, as `user:password ok` or `user:password refused`.
+    pub fn auth_log(&self) -> Vec<String> {
+        self.auth_log
             .lock()
-            .expect("basic-auth lock is never poisoned")
-            .clone();
-        let Some(check) = check else {
-            return true;
-        };
-        req.headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(basic_credentials)
-            .is_some_and(|(user, password)| check(&user, &password))
+            .expect("lock is never poisoned")
+            .clone()
+    }
+
+    /// The most requests that were being served at the same time so far.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// How many requests have arrived so far (not counting `/__stats`).
@@ -328,6 +338,34 @@ impl Bridge {
     }
 }
 
+/// Accepts connections on `listener` forever, serving each over TLS with `acceptor`.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    bridge: Arc<Bridge>,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let (bridge, acceptor) = (bridge.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            // A client that does not trust our CA ends here.
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req| handle(bridge.clone(), req, peer));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
 /// Accepts connections on `listener` forever, serving each with `bridge`.
 pub async fn serve(listener: tokio::net::TcpListener, bridge: Arc<Bridge>) {
     loop {
@@ -368,29 +406,94 @@ async fn handle(
         .lock()
         .expect("request log lock is never poisoned")
         .push(format!("{} {}", req.method(), req.uri()));
+    let in_flight = InFlight::enter(&bridge);
     let fail = bridge.fail.load(Ordering::SeqCst);
     if fail != 0 {
-        return Ok(body_response(
+        let mut resp = body_response(
             fail,
             "text/plain",
             "upstream failure injected by the test\n".to_owned(),
-        ));
+        );
+        let retry_after = bridge
+            .retry_after
+            .lock()
+            .expect("lock is never poisoned")
+            .clone();
+        if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        return Ok(resp);
     }
-    if !bridge.authorized(&req) {
+    if !authorized(&bridge, &req) {
         let mut resp = body_response(401, "text/plain", "authentication required\n".to_owned());
         resp.headers_mut().insert(
             "www-authenticate",
-            HeaderValue::from_static("Basic realm=\"git\""),
+            HeaderValue::from_static("Basic realm=\"upstream\""),
         );
         return Ok(resp);
     }
-    match run_cgi(&bridge, req, peer).await {
+    match run_cgi(&bridge, req, peer, in_flight).await {
         Ok(resp) => Ok(resp),
         Err(e) => Ok(body_response(
             502,
             "text/plain",
             format!("CGI bridge error: {e}\n"),
         )),
+    }
+}
+
+/// Whether `req` satisfies the Basic credential the bridge requires (if any); logs what it
+/// presented.
+fn authorized(bridge: &Bridge, req: &Request<Incoming>) -> bool {
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok());
+    let required = bridge
+        .basic_auth
+        .lock()
+        .expect("lock is never poisoned")
+        .clone();
+    let ok = match (&required, &presented) {
+        (None, _) => true,
+        (Some(check), Some(given)) => given.split_once(':').is_some_and(|(u, p)| check(u, p)),
+        (Some(_), None) => false,
+    };
+    if let Some(given) = presented {
+        bridge
+            .auth_log
+            .lock()
+            .expect("lock is never poisoned")
+            .push(format!("{given} {}", if ok { "ok" } else { "refused" }));
+    }
+    ok
+}
+
+/// A request being served: counted while alive, for [`Bridge::max_in_flight`].
+struct InFlight {
+    count: Arc<AtomicUsize>,
+}
+
+impl InFlight {
+    fn enter(bridge: &Bridge) -> InFlight {
+        let now = bridge.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        bridge.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight {
+            count: bridge.in_flight.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -444,6 +547,7 @@ async fn run_cgi(
     bridge: &Arc<Bridge>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    in_flight: InFlight,
 ) -> std::io::Result<Response<ChannelBody>> {
     let (parts, body) = req.into_parts();
     let config = &bridge.config;
@@ -559,7 +663,14 @@ async fn run_cgi(
     }
     let rest = buf.split_off(header_len + sep_len);
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(pump_body(stdout, rest, tx, bridge.clone(), child, tracking));
+    tokio::spawn(pump_body(
+        stdout,
+        rest,
+        tx,
+        bridge.clone(),
+        child,
+        (tracking, in_flight),
+    ));
     response
         .body(ChannelBody { rx })
         .map_err(|e| std::io::Error::other(format!("bad CGI response: {e}")))
@@ -574,7 +685,7 @@ async fn pump_body(
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     bridge: Arc<Bridge>,
     mut child: tokio::process::Child,
-    tracking: Option<Tracking>,
+    tracking: (Option<Tracking>, InFlight),
 ) {
     let mut pending = Bytes::from(first);
     let mut buf = vec![0u8; 16 * 1024];
@@ -641,21 +752,5 @@ impl Body for ChannelBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.rx.poll_recv(cx).map(|m| m.map(|r| r.map(Frame::data)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_are_decoded() {
-        // "x-access-token:ghs_abc" in base64.
-        assert_eq!(
-            basic_credentials("Basic eC1hY2Nlc3MtdG9rZW46Z2hzX2FiYw=="),
-            Some(("x-access-token".into(), "ghs_abc".into()))
-        );
-        assert_eq!(basic_credentials("Bearer abc"), None);
-        assert_eq!(basic_credentials("Basic !!!"), None);
     }
 }

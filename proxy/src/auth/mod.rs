@@ -282,12 +282,17 @@ impl Authenticator {
     /// Verify the request's token.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Denied> {
         let token = bearer(headers).ok_or_else(|| Denied::Unauthenticated("no token".into()))?;
+        self.verify(&token)
+    }
+
+    /// Verify `token` (from a header, or nested in a request body).
+    pub fn verify(&self, token: &str) -> Result<Identity, Denied> {
         let now = crate::time::now_unix() as i64;
         let verify = || {
             self.keyring
                 .read()
                 .map_err(|_| TokenError::Invalid("keyring unavailable".into()))
-                .and_then(|ring| ring.verify(&token, now))
+                .and_then(|ring| ring.verify(token, now))
         };
         let claims = match verify() {
             Err(TokenError::UnknownIssuer | TokenError::UnknownKey) if self.reload() => verify()?,

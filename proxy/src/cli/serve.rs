@@ -52,6 +52,13 @@ pub struct ServeArgs {
     /// Delete ephemeral refs not updated for this long (`90s`, `30m`, `12h`, `7d`) [default: never].
     #[arg(long)]
     pub ephemeral_ttl: Option<String>,
+    /// Extra CA certificates (PEM) to trust for upstream TLS, besides the system roots (a
+    /// self-hosted forge with an internal CA).
+    #[arg(long)]
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Largest pack one sync may receive from an upstream, in bytes [default: 8 GiB].
+    #[arg(long)]
+    pub max_fetch_bytes: Option<u64>,
     /// Where GitHub repositories are cloned from (a GitHub Enterprise host works)
     /// [default: https://github.com].
     #[arg(long)]
@@ -129,6 +136,11 @@ pub async fn run(
     );
     if let Some(max) = args.max_pack_bytes.or(file.max_pack_bytes) {
         config.push_limits.max_pack_bytes = max;
+    }
+    config.upstream_ca_file = args.upstream_ca_file.or(file.upstream_ca_file);
+    if let Some(max) = args.max_fetch_bytes.or(file.max_fetch_bytes) {
+        anyhow::ensure!(max > 0, "--max-fetch-bytes must be positive");
+        config.max_fetch_bytes = max;
     }
     let tls = tls_source(
         args.tls_cert.or(file.tls_cert),

@@ -2,9 +2,15 @@
 //! index the pack into a quarantine, verify it, and move the local refs by compare-and-swap.
 //!
 //! Blocking (gix's HTTP client is blocking): callers run it on a blocking thread.
+//!
+//! The upstream is trusted over TLS by the system roots plus `--upstream-ca-file`; the standard
+//! proxy variables (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`) apply, as reqwest reads them. The
+//! pack a sync receives is capped (`--max-fetch-bytes`): over the cap the sync fails and nothing
+//! changes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::AtomicBool;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +46,14 @@ pub enum SyncError {
     /// The upstream is a SHA-256 repository.
     #[error("the upstream is a SHA-256 repository; only SHA-1 repositories are supported")]
     Sha256,
+    /// The upstream sent a pack larger than `--max-fetch-bytes`.
+    #[error(
+        "the upstream's pack exceeds the fetch limit of {limit} bytes (--max-fetch-bytes); nothing was changed"
+    )]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
     /// The store failed (including a pack that does not verify).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -47,6 +61,69 @@ pub enum SyncError {
     /// applied).
     #[error("refs diverged from the upstream and were left alone: {0}")]
     Diverged(String),
+}
+
+impl SyncError {
+    /// The throttling status (429, 503) the upstream answered, if that is why the sync failed.
+    pub fn throttle_status(&self) -> Option<u16> {
+        match self {
+            SyncError::Upstream { source, .. } => super::politeness::throttle_status(source),
+            _ => None,
+        }
+    }
+}
+
+/// How syncs reach upstreams.
+#[derive(Clone)]
+pub struct FetchOptions {
+    /// Permit plain-http and loopback upstreams (`--allow-http-upstream`).
+    pub allow_http: bool,
+    /// Extra trusted roots for upstream TLS (`--upstream-ca-file`), besides the system's.
+    pub ca_certs: Vec<reqwest::Certificate>,
+    /// Largest pack one sync may receive, in bytes (`--max-fetch-bytes`).
+    pub max_fetch_bytes: u64,
+}
+
+/// The default of `--max-fetch-bytes`: 8 GiB.
+pub const DEFAULT_MAX_FETCH_BYTES: u64 = 8 << 30;
+
+impl FetchOptions {
+    /// Defaults: system roots only, the default fetch limit.
+    pub fn new(allow_http: bool) -> FetchOptions {
+        FetchOptions {
+            allow_http,
+            ca_certs: Vec::new(),
+            max_fetch_bytes: DEFAULT_MAX_FETCH_BYTES,
+        }
+    }
+}
+
+/// A reader that fails once more than `limit` bytes were read, and says so in `exceeded`.
+struct Capped<'a, R> {
+    inner: R,
+    remaining: u64,
+    exceeded: &'a AtomicBool,
+}
+
+impl<R: Read> Read for Capped<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.remaining == 0 {
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.exceeded.store(true, Ordering::SeqCst);
+                    Err(std::io::Error::other("pack exceeds the fetch limit"))
+                }
+            };
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
 }
 
 /// What a successful run did.
@@ -62,9 +139,24 @@ pub struct Fetched {
     pub retry: bool,
 }
 
+/// Whether `url` carries user-info (`https://user:secret@host/…`): such URLs are refused, so a
+/// secret never lands in a record or a log.
+pub fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
 /// Check an outbound URL against the policy: https only, and no loopback hosts, unless the
 /// development switch allows them.
 pub fn check_url(url: &str, allow_http: bool) -> Result<gix_url::Url, SyncError> {
+    // Checked before anything echoes the URL: user-info may hold a secret.
+    if has_userinfo(url) {
+        return Err(SyncError::BadUrl(
+            "the upstream URL must not contain credentials; store them with the git-credentials API"
+                .into(),
+        ));
+    }
     let parsed = gix_url::Url::from_bytes(url.as_bytes().as_bstr())
         .map_err(|e| SyncError::BadUrl(format!("{url}: {e}")))?;
     match parsed.scheme {
@@ -173,11 +265,23 @@ fn collect(list: Vec<Ref>) -> Remote {
 /// How long an upstream may stay silent before a sync gives up on it.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn configure(transport: &mut http::Transport<http::reqwest::Remote>) -> Result<(), SyncError> {
+fn configure(
+    transport: &mut http::Transport<http::reqwest::Remote>,
+    opts: &FetchOptions,
+) -> Result<(), SyncError> {
     use gix_transport::client::TransportWithoutIO as _;
+    let certs = opts.ca_certs.clone();
     let backend = http::reqwest::Options {
         // reqwest's blocking timeout bounds each read: an idle timeout, not a transfer cap.
-        configure_client: Some(Box::new(|b| Ok(b.timeout(UPSTREAM_IDLE_TIMEOUT)))),
+        // Extra roots are merged with the system's (rustls-platform-verifier).
+        configure_client: Some(Box::new(move |b| {
+            let b = b.timeout(UPSTREAM_IDLE_TIMEOUT);
+            Ok(if certs.is_empty() {
+                b
+            } else {
+                b.tls_certs_merge(certs.clone())
+            })
+        })),
         configure_request: None,
     };
     let options = http::Options {
@@ -200,10 +304,10 @@ fn upstream(step: &'static str) -> impl FnOnce(gix_error::Error) -> SyncError {
 
 /// Check that `target` answers an upload-pack handshake (with `ls-refs` under protocol v2):
 /// how a public-mode mirror's upstream is shown to be readable without credentials.
-pub fn probe(target: &UpstreamTarget, allow_http: bool) -> Result<(), SyncError> {
-    let parsed = check_url(&target.url, allow_http)?;
+pub fn probe(target: &UpstreamTarget, opts: &FetchOptions) -> Result<(), SyncError> {
+    let parsed = check_url(&target.url, opts.allow_http)?;
     let mut transport = http::connect::<http::reqwest::Remote>(parsed, Protocol::V2, false);
-    configure(&mut transport)?;
+    configure(&mut transport, opts)?;
     let mut progress = gix_utils::progress::Discard;
     let hs = gix_protocol::handshake(
         &mut transport,
@@ -228,13 +332,13 @@ pub fn probe(target: &UpstreamTarget, allow_http: bool) -> Result<(), SyncError>
 pub fn run(
     repo: &Repo,
     target: &UpstreamTarget,
-    allow_http: bool,
+    opts: &FetchOptions,
     interrupt: &AtomicBool,
 ) -> Result<Fetched, SyncError> {
     use gix_transport::client::TransportWithoutIO as _;
-    let parsed = check_url(&target.url, allow_http)?;
+    let parsed = check_url(&target.url, opts.allow_http)?;
     let mut transport = http::connect::<http::reqwest::Remote>(parsed, Protocol::V2, false);
-    configure(&mut transport)?;
+    configure(&mut transport, opts)?;
     if let Some(c) = &target.credential {
         transport
             .set_identity(gix_sec::identity::Account {
@@ -317,9 +421,23 @@ pub fn run(
                 std::ops::ControlFlow::Continue(())
             })));
             let started = std::time::Instant::now();
-            if let Some(mut q) =
-                repo.receive_pack(&mut reader, IngestOptions::default(), interrupt)?
-            {
+            let exceeded = AtomicBool::new(false);
+            let mut capped = std::io::BufReader::with_capacity(
+                64 << 10,
+                Capped {
+                    inner: &mut reader,
+                    remaining: opts.max_fetch_bytes,
+                    exceeded: &exceeded,
+                },
+            );
+            let received = repo.receive_pack(&mut capped, IngestOptions::default(), interrupt);
+            if exceeded.load(Ordering::SeqCst) {
+                // The quarantine (if any) is dropped, and with it the partial pack.
+                return Err(SyncError::TooLarge {
+                    limit: opts.max_fetch_bytes,
+                });
+            }
+            if let Some(mut q) = received? {
                 let received = started.elapsed();
                 let tips: Vec<ObjectId> = remote.refs.values().copied().collect();
                 q.verify(view.packs.clone(), Namespace::Default, &tips)?;

@@ -4,9 +4,12 @@
 //!
 //! At most one sync runs per repository. A request while one runs sets a flag so exactly one
 //! more run follows (it may see newer upstream state); any number of requests coalesce into it.
+//! Towards each upstream host the manager is polite ([`politeness`]): a few syncs at a time, and
+//! none while the host's `Retry-After` runs.
 
 pub mod fetch;
 pub mod forge_hooks;
+pub mod politeness;
 pub mod public;
 
 use std::collections::HashMap;
@@ -20,7 +23,8 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::time::{now_unix, rfc3339};
-use crate::upstream::CredentialSource;
+use crate::upstream::{CredentialSource, UpstreamClient};
+use politeness::Hosts;
 
 /// The visible state of a repository's syncing.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,6 +54,9 @@ pub enum Gate {
     Failed(String),
 }
 
+/// What a run that found its repository detached says (it ends the run loop, uncounted).
+const DETACHED: &str = "the repository has no upstream any more";
+
 /// The message clients get while the first sync runs.
 pub const SYNC_IN_PROGRESS: &str = "repository sync in progress. please retry shortly";
 
@@ -78,10 +85,13 @@ impl Slot {
 pub struct SyncManager {
     store: Arc<Store>,
     credentials: Arc<CredentialSource>,
-    allow_http: bool,
+    fetch: Arc<fetch::FetchOptions>,
     interval: Duration,
     slots: Mutex<HashMap<String, Slot>>,
     limit: Semaphore,
+    hosts: Hosts,
+    /// Asks a throttling upstream for its `Retry-After`.
+    probe: UpstreamClient,
     interrupt: Arc<AtomicBool>,
 }
 
@@ -99,7 +109,8 @@ impl SyncManager {
     pub fn new(
         store: Arc<Store>,
         credentials: Arc<CredentialSource>,
-        allow_http: bool,
+        fetch: fetch::FetchOptions,
+        probe: UpstreamClient,
         interval: Duration,
         interrupt: Arc<AtomicBool>,
     ) -> Arc<Self> {
@@ -135,16 +146,23 @@ impl SyncManager {
         Arc::new(SyncManager {
             store,
             credentials,
-            allow_http,
+            fetch: Arc::new(fetch),
             interval,
             slots: Mutex::new(slots),
             limit: Semaphore::new(4),
+            hosts: Hosts::new(politeness::PER_HOST_SYNCS),
+            probe,
             interrupt,
         })
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The options every fetch from an upstream uses (TLS roots, limits, the http switch).
+    pub fn fetch_options(&self) -> Arc<fetch::FetchOptions> {
+        self.fetch.clone()
     }
 
     /// The sync status of `repo`.
@@ -194,32 +212,29 @@ impl SyncManager {
         let name = repo.record().name;
         let lock = self.repo_lock(&name);
         loop {
-            let permit = self.limit.acquire().await;
-            let guard = lock.lock().await;
-            let target = match self.credentials.target(&repo).await {
-                Ok(Some(target)) => Ok(target),
-                Ok(None) => break,
-                Err(e) => Err(e.to_string()),
+            let Some(upstream) = repo.record().upstream else {
+                self.stop_tracking(&name);
+                break;
             };
+            let host = politeness::host_key(&upstream.url);
             let started = Instant::now();
-            tracing::info!("sync started");
-            let result = match target {
-                Ok(target) => {
-                    let (r, allow, interrupt) =
-                        (repo.clone(), self.allow_http, self.interrupt.clone());
-                    match tokio::task::spawn_blocking(move || {
-                        fetch::run(&r, &target, allow, &interrupt)
-                    })
-                    .await
-                    {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(join) => Err(format!("sync task failed: {join}")),
-                    }
+            let mut throttled = self.hosts.throttled_until(&host);
+            let result = match throttled {
+                // The host asked us to wait: no request goes out; the scheduler comes back.
+                Some(until) => Err(format!(
+                    "upstream {host} asked to be left alone (HTTP 429/Retry-After); next try in {}s",
+                    until.saturating_duration_since(Instant::now()).as_secs() + 1
+                )),
+                None => {
+                    let (result, wait) = self.run_once(&repo, &host, &lock).await;
+                    throttled = wait;
+                    result
                 }
-                Err(e) => Err(e),
             };
-            drop(guard);
-            drop(permit);
+            if matches!(result, Err(ref e) if e == DETACHED) {
+                self.stop_tracking(&name);
+                break;
+            }
             let mut retry = false;
             match &result {
                 Ok(f) => {
@@ -231,12 +246,11 @@ impl SyncManager {
                         "sync succeeded"
                     );
                     retry = f.retry;
-                    let mut record = repo.record();
-                    if record.first_synced_at.is_none() {
-                        record.first_synced_at = Some(now_unix());
-                        if let Err(e) = repo.set_record(record) {
-                            tracing::error!(error = %e, "could not record the first sync");
-                        }
+                    if let Err(e) = repo.update_record(|record| {
+                        record.first_synced_at.get_or_insert_with(now_unix);
+                        Ok::<_, codestorage_store::StoreError>(())
+                    }) {
+                        tracing::error!(error = %e, "could not record the first sync");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "sync failed"),
@@ -263,6 +277,9 @@ impl SyncManager {
                         slot.next_due = Some(Instant::now() + jittered(backoff.min(self.interval)));
                     }
                 }
+                if let Some(until) = throttled {
+                    slot.next_due = Some(slot.next_due.map_or(until, |d| d.max(until)));
+                }
                 if retry {
                     slot.pending = true;
                 }
@@ -288,6 +305,62 @@ impl SyncManager {
             if status.1 {
                 break;
             }
+        }
+    }
+
+    /// One sync run of `repo` from `host`, within the host's and the global concurrency limits,
+    /// under the repository's lock. Also returns when the host may be contacted again, if it
+    /// answered with a throttling status.
+    async fn run_once(
+        &self,
+        repo: &Arc<Repo>,
+        host: &str,
+        lock: &tokio::sync::Mutex<()>,
+    ) -> (Result<fetch::Fetched, String>, Option<Instant>) {
+        let host_slots = self.hosts.slots(host);
+        let _host_permit = host_slots.acquire().await;
+        let _permit = self.limit.acquire().await;
+        let _guard = lock.lock().await;
+        // Resolved under the lock: a rotated credential or a detach applies from here on.
+        let target = match self.credentials.target(repo).await {
+            Ok(Some(target)) => target,
+            Ok(None) => return (Err(DETACHED.into()), None),
+            Err(e) => return (Err(e.to_string()), None),
+        };
+        tracing::info!("sync started");
+        let (r, opts, interrupt) = (repo.clone(), self.fetch.clone(), self.interrupt.clone());
+        let probe_target = target.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || fetch::run(&r, &target, &opts, &interrupt)).await;
+        match outcome {
+            Ok(Ok(f)) => (Ok(f), None),
+            Ok(Err(e)) => {
+                let Some(status) = e.throttle_status() else {
+                    return (Err(e.to_string()), None);
+                };
+                let wait = match self.probe.throttle_probe(&probe_target).await {
+                    Some(Some(value)) => {
+                        politeness::parse_retry_after(&value, std::time::SystemTime::now())
+                    }
+                    _ => None,
+                };
+                let wait = match (status, wait) {
+                    (_, Some(w)) => w,
+                    (429, None) => politeness::DEFAULT_RETRY_AFTER,
+                    // A 503 without Retry-After is an ordinary failure (normal backoff).
+                    _ => return (Err(e.to_string()), None),
+                };
+                let until = self.hosts.throttle(host, wait);
+                tracing::warn!(%host, status, wait_s = wait.as_secs(), "upstream throttles; honouring Retry-After");
+                let secs = until.saturating_duration_since(Instant::now()).as_secs() + 1;
+                (
+                    Err(format!(
+                        "{e}; the upstream asks us to wait {secs}s (Retry-After)"
+                    )),
+                    Some(until),
+                )
+            }
+            Err(join) => (Err(format!("sync task failed: {join}")), None),
         }
     }
 
@@ -327,6 +400,19 @@ impl SyncManager {
         }
     }
 
+    /// A run found its repository without an upstream (detached): end it, uncounted.
+    fn stop_tracking(&self, name: &str) {
+        if let Some(slot) = self.slots().get_mut(name) {
+            slot.running = false;
+            slot.pending = false;
+            slot.status.in_progress = false;
+            // Waiters of this run learn that it ends.
+            let finished = slot.finished().borrow().0 + 1;
+            slot.finished()
+                .send_replace((finished, Some(DETACHED.to_owned())));
+        }
+    }
+
     /// Stop tracking a deleted repository.
     pub fn forget(&self, name: &str) {
         self.slots().remove(name);
@@ -350,7 +436,12 @@ impl SyncManager {
                 if repo.record().upstream.is_none() {
                     continue;
                 }
-                let due = {
+                let throttled = repo.record().upstream.is_some_and(|u| {
+                    self.hosts
+                        .throttled_until(&politeness::host_key(&u.url))
+                        .is_some()
+                });
+                let due = !throttled && {
                     let slots = self.slots();
                     match slots.get(&repo.record().name) {
                         Some(s) => !s.running && s.next_due.is_some_and(|d| d <= now),

@@ -4,7 +4,8 @@
 //!
 //! Bodies pass through untouched (no transparent decompression); reads time out when the
 //! upstream stays silent, a transfer as such is never capped. Credentials never reach a log or
-//! an error message.
+//! an error message. TLS trusts the system roots plus `--upstream-ca-file`; the standard proxy
+//! variables (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`) apply (reqwest reads them).
 
 use std::time::Duration;
 
@@ -80,13 +81,50 @@ fn endpoint(url: &str, tail: &str) -> String {
 impl UpstreamClient {
     /// A client with an idle-read timeout of `idle`.
     pub fn new(idle: Duration) -> Result<Self, UpstreamError> {
-        let http = reqwest::Client::builder()
+        Self::with_roots(idle, &[])
+    }
+
+    /// A client with an idle-read timeout of `idle` that trusts `roots` besides the system's.
+    pub fn with_roots(
+        idle: Duration,
+        roots: &[reqwest::Certificate],
+    ) -> Result<Self, UpstreamError> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(20))
             .read_timeout(idle)
-            .user_agent(user_agent())
+            .user_agent(user_agent());
+        if !roots.is_empty() {
+            builder = builder.tls_certs_merge(roots.iter().cloned());
+        }
+        let http = builder
             .build()
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
         Ok(UpstreamClient { http })
+    }
+
+    /// `GET …/info/refs?service=git-upload-pack`, asked after a sync failed with a throttling
+    /// status (gix keeps the response headers to itself): `Some(Retry-After)` while the
+    /// upstream still answers 429 or 503 (`Some(None)` without the header), `None` otherwise.
+    pub async fn throttle_probe(&self, target: &UpstreamTarget) -> Option<Option<String>> {
+        let resp = authorized(
+            self.http
+                .get(endpoint(&target.url, "info/refs?service=git-upload-pack"))
+                .header("Git-Protocol", "version=2")
+                .timeout(Duration::from_secs(30)),
+            target,
+        )
+        .send()
+        .await
+        .ok()?;
+        if !matches!(resp.status().as_u16(), 429 | 503) {
+            return None;
+        }
+        Some(
+            resp.headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        )
     }
 
     /// `GET …/info/refs?service=git-receive-pack`: the upstream's advertisement.

@@ -224,6 +224,11 @@ impl Server {
         self.stdout.lock().expect("stdout lock").clone()
     }
 
+    /// Everything the server printed on stderr so far (its log), across restarts, untruncated.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
     pub fn is_running(&self) -> bool {
         self.running.is_some()
     }

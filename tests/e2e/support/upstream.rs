@@ -9,9 +9,15 @@
 //! Fault knobs, settable at any time from the test thread:
 //! - [`Upstream::set_delay_per_chunk`]: the response body goes out in 1 KiB pieces, each after this
 //!   delay (makes a sync take a while);
-//! - [`Upstream::set_fail`]: answer every request with this status, without running git;
-//! - [`Upstream::require_basic_auth`]: answer 401 unless the Basic credentials pass a check;
-//! - [`Upstream::requests`] / [`Upstream::request_log`]: what reached the upstream.
+//! - [`Upstream::set_fail`]: answer every request with this status, without running git (with
+//!   [`Upstream::set_retry_after`]: and this `Retry-After`);
+//! - [`Upstream::require_basic_auth`]: 401 unless requests carry this Basic credential
+//!   ([`Upstream::require_basic_auth_check`]: unless their credentials pass a check);
+//! - [`Upstream::requests`] / [`Upstream::request_log`] / [`Upstream::auth_log`]: what reached
+//!   the upstream; [`Upstream::max_in_flight`]: the most requests served at once.
+//!
+//! [`Upstream::start_tls`] serves https with a certificate for `127.0.0.1`/`localhost` from a CA
+//! of its own ([`Upstream::ca_file`]), as a self-hosted forge with an internal CA does.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,11 +36,22 @@ pub struct Upstream {
     addr: SocketAddr,
     bridge: Arc<Bridge>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// The CA certificate file of a TLS upstream.
+    ca_file: Option<PathBuf>,
 }
 
 impl Upstream {
     /// Starts an upstream with no repos on `127.0.0.1:<free port>`.
     pub fn start() -> Upstream {
+        Upstream::start_with(false)
+    }
+
+    /// [`Upstream::start`], serving https with a certificate from its own CA.
+    pub fn start_tls() -> Upstream {
+        Upstream::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Upstream {
         let dir = scratch_dir("upstream");
         let repos = dir.path().join("repos");
         let home = dir.path().join("home");
@@ -57,27 +74,47 @@ impl Upstream {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind the upstream on 127.0.0.1:0");
         let addr = listener.local_addr().expect("upstream local addr");
-        runtime.spawn(cgi::serve(listener, bridge.clone()));
+        let ca_file = if tls {
+            let (acceptor, ca_file) = tls_setup(dir.path());
+            runtime.spawn(cgi::serve_tls(listener, bridge.clone(), acceptor));
+            Some(ca_file)
+        } else {
+            runtime.spawn(cgi::serve(listener, bridge.clone()));
+            None
+        };
         Upstream {
             dir,
             addr,
             bridge,
             runtime: Some(runtime),
+            ca_file,
         }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://…` for a TLS upstream).
     pub fn base(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The PEM file of a TLS upstream's CA.
+    pub fn ca_file(&self) -> &Path {
+        self.ca_file
+            .as_deref()
+            .expect("ca_file: this upstream does not serve TLS")
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// The clone URL of repo `name`: `http://127.0.0.1:<port>/<name>.git`.
+    /// The clone URL of repo `name`: `http://127.0.0.1:<port>/<name>.git` (`https` for TLS).
     pub fn url(&self, name: &str) -> String {
-        format!("http://{}/{name}.git", self.addr)
+        format!("{}/{name}.git", self.base())
     }
 
     /// Where the bare repo `name` lives (whether or not it exists).
@@ -129,8 +166,28 @@ impl Upstream {
 
     /// `Some(check)`: every request needs HTTP Basic credentials that pass `check` (401
     /// otherwise), as a forge's private repository does. `None`: open again.
-    pub fn require_basic_auth(&self, check: Option<cgi::BasicAuthCheck>) {
-        self.bridge.require_basic_auth(check);
+    pub fn require_basic_auth_check(&self, check: Option<cgi::BasicAuthCheck>) {
+        self.bridge.require_basic_auth_check(check);
+    }
+
+    /// Injected failures carry `Retry-After: value` (`None`: no header).
+    pub fn set_retry_after(&self, value: Option<&str>) {
+        self.bridge.set_retry_after(value);
+    }
+
+    /// `Some((user, password))`: 401 unless a request carries this Basic credential.
+    pub fn require_basic_auth(&self, credential: Option<(&str, &str)>) {
+        self.bridge.require_basic_auth(credential);
+    }
+
+    /// Every Basic credential presented so far: `user:password ok|refused`.
+    pub fn auth_log(&self) -> Vec<String> {
+        self.bridge.auth_log()
+    }
+
+    /// The most requests served at the same time so far.
+    pub fn max_in_flight(&self) -> usize {
+        self.bridge.max_in_flight()
     }
 
     /// How many requests have reached the upstream so far.
@@ -180,6 +237,45 @@ impl Drop for Upstream {
             );
         }
     }
+}
+
+/// A CA and a server certificate for `127.0.0.1`/`localhost` signed by it: the acceptor, and
+/// the CA's PEM file (written into `dir`).
+fn tls_setup(dir: &Path) -> (tokio_rustls::TlsAcceptor, PathBuf) {
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA certificate parameters");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "e2e upstream forge CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("server certificate parameters");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let cert = params.signed_by(&key, &ca).expect("server certificate");
+    let ca_file = dir.join("forge-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write the CA file");
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("TLS server config");
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca_file)
 }
 
 /// `$(git --exec-path)/git-http-backend`, looked up once.

@@ -73,7 +73,7 @@ async fn main() -> Result<()> {
         echo_stderr: true,
     });
     if let Some(file) = auth_file {
-        bridge.require_basic_auth(Some(cgi::basic_auth_file(file)));
+        bridge.require_basic_auth_check(Some(cgi::basic_auth_file(file)));
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await

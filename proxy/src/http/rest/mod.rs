@@ -3,10 +3,14 @@
 //! `/api/v1/…` that the released SDKs call (the repository taken from the token's `repo`).
 //! Every route needs a token; errors are JSON `{"error": …}`.
 //!
-//! - `repos`: create, list, show, delete, pull-upstream.
+//! - `repos`: create, list, show, delete, pull-upstream, detach.
+//! - `fork`: create-repo with a repository of this server as `base_repo` (forks).
 //! - `branches`: list, get, create / promote, delete (default and ephemeral namespaces).
+//! - `credentials`: the upstream credential: create, rotate, delete.
 
 mod branches;
+mod credentials;
+mod fork;
 mod repos;
 
 use std::sync::Arc;
@@ -158,6 +162,8 @@ enum Route {
     GetBranch,
     CreateBranch,
     DeleteBranch,
+    CreateCredential,
+    Detach,
 }
 
 /// Route a request under `/api/`.
@@ -199,6 +205,16 @@ async fn route(
                 .strip_prefix("/api/repos/")
                 .and_then(percent_decode)
                 .ok_or_else(|| ApiError::not_found("no such API route"))?;
+            if matches!(*method, Method::PUT | Method::DELETE)
+                && let Some((name, cred)) = credentials::split_id_route(app, &rest)
+            {
+                let locator = credentials::Locator::Path { name, id: cred };
+                return if *method == Method::PUT {
+                    credentials::update(app, id, locator, call).await
+                } else {
+                    credentials::delete(app, id, locator, call).await
+                };
+            }
             let (name, route) = split_route(app, id, method, &rest)?;
             on_repo(app, id, &name, route, call).await
         }
@@ -219,6 +235,8 @@ fn split_route(
         (&Method::GET, "/branches", Route::ListBranches),
         (&Method::DELETE, "/branches", Route::DeleteBranch),
         (&Method::GET, "/branch", Route::GetBranch),
+        (&Method::POST, "/git-credentials", Route::CreateCredential),
+        (&Method::DELETE, "/base", Route::Detach),
     ];
     for (m, suffix, route) in subroutes {
         if *m == method
@@ -250,11 +268,13 @@ async fn on_repo(
     match route {
         Route::Show => repos::show(app, id, &repo),
         Route::Delete => repos::delete(app, id, &repo).await,
-        Route::PullUpstream => repos::pull_upstream(app, id, repo),
+        Route::PullUpstream => repos::pull_upstream(app, id, repo, call),
         Route::ListBranches => branches::list(app, id, &repo, call),
         Route::GetBranch => branches::get(app, id, &repo, call),
         Route::CreateBranch => branches::create(app, id, repo, call).await,
         Route::DeleteBranch => branches::delete(app, id, repo, call).await,
+        Route::CreateCredential => credentials::create(app, id, Some(name), call).await,
+        Route::Detach => repos::detach(app, id, &repo).await,
     }
 }
 
@@ -287,6 +307,16 @@ async fn legacy(
         (&Method::GET, "repos/branches") => Route::ListBranches,
         (&Method::POST, "repos/branches/create") => Route::CreateBranch,
         (&Method::DELETE, "repos/branches") => Route::DeleteBranch,
+        (&Method::DELETE, "repos/base") => Route::Detach,
+        (&Method::POST, "repos/git-credentials") => {
+            return credentials::create(app, id, None, call).await;
+        }
+        (&Method::PUT, "repos/git-credentials") => {
+            return credentials::update(app, id, credentials::Locator::Body, call).await;
+        }
+        (&Method::DELETE, "repos/git-credentials") => {
+            return credentials::delete(app, id, credentials::Locator::Body, call).await;
+        }
         _ => return Err(ApiError::not_found("no such API route")),
     };
     on_repo(app, id, &claimed()?, route, call).await

@@ -1,5 +1,5 @@
-//! Repository routes: create (local or mirror, with the provider host map), list, show,
-//! delete, pull-upstream.
+//! Repository routes: create (local or mirror, with the provider host map and each forge's
+//! URL shape), list, show, delete, pull-upstream, detach.
 
 use std::sync::Arc;
 
@@ -39,7 +39,7 @@ impl BaseRepo {
     /// for a bare `url`.
     fn provider(&self) -> Option<String> {
         match (&self.provider, &self.url) {
-            (Some(p), _) => Some(p.clone()),
+            (Some(p), _) => Some(p.to_ascii_lowercase()),
             (None, None) => Some("github".to_owned()),
             (None, Some(_)) => None,
         }
@@ -66,6 +66,8 @@ pub(super) struct CreateBody {
     base_repo: Option<BaseRepo>,
 }
 
+/// The default host of `provider` (compat.md §5.4); `None` for forges that are only
+/// self-hosted (Gitea, Forgejo), which need `upstream_host`.
 fn host_of(provider: &str) -> Result<Option<&'static str>, ApiError> {
     Ok(match provider {
         "github" => Some("github.com"),
@@ -78,15 +80,22 @@ fn host_of(provider: &str) -> Result<Option<&'static str>, ApiError> {
     })
 }
 
-fn path_part(what: &str, value: Option<&str>) -> Result<String, ApiError> {
+/// A path part of a forge URL: `nested` allows `group/subgroup/…` (GitLab's nested groups),
+/// otherwise one segment.
+fn path_part(what: &str, value: Option<&str>, nested: bool) -> Result<String, ApiError> {
     let v = value.unwrap_or_default().trim_matches('/');
     let ok = !v.is_empty()
+        && (nested || !v.contains('/'))
         && v.split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with('-'))
         && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-/~".contains(c));
     if ok {
         Ok(v.to_owned())
+    } else if v.contains('/') && !nested {
+        Err(ApiError::bad_request(format!(
+            "base_repo.{what} must be a single path segment for this provider"
+        )))
     } else {
         Err(ApiError::bad_request(format!(
             "base_repo.{what} is missing or invalid"
@@ -94,23 +103,58 @@ fn path_part(what: &str, value: Option<&str>) -> Result<String, ApiError> {
     }
 }
 
-/// The clone URL of a `base_repo`; GitHub repositories come from `github_url` (the
-/// `--github-url` setting) unless the base names a host.
+/// Whether `host` is a bare host name or address with an optional port (`git.example.com`,
+/// `git.example.com:8443`, `10.0.0.7`, `[::1]:3000`).
+fn valid_host(host: &str) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, rest)) => {
+                if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                    return false;
+                }
+                (None, rest.strip_prefix(':'))
+            }
+            None => return false,
+        },
+        None => match host.split_once(':') {
+            Some((n, p)) => (Some(n), Some(p)),
+            None => (Some(host), None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    let name_ok = name.is_none_or(|n| {
+        !n.is_empty()
+            && n.len() <= 253
+            && n.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+    });
+    port_ok && name_ok
+}
+
+/// The clone URL of a `base_repo`: `https://{host}/{owner}/{name}.git`, where GitLab's owner may
+/// be a nested group path, SourceHut's is `~owner` (`https://git.sr.ht/~owner/name`), and
+/// Bitbucket's is the workspace; GitHub repositories come from `github_url` (the `--github-url`
+/// setting) unless the base names a host. An explicit `url` is taken as is (without user-info).
 fn upstream_url(base: &BaseRepo, github_url: &str) -> Result<String, ApiError> {
     if let Some(url) = &base.url {
+        if crate::sync::fetch::has_userinfo(url) {
+            return Err(ApiError::bad_request(
+                "base_repo.url must not contain credentials; store them with the git-credentials API",
+            ));
+        }
         return Ok(url.clone());
     }
-    let provider = base.provider.as_deref().unwrap_or("github");
-    if provider == "github" && base.upstream_host.is_none() {
-        let owner = path_part("owner", base.owner.as_deref())?;
-        let name = path_part("name", base.name.as_deref())?;
-        return Ok(format!(
-            "{}/{owner}/{}.git",
-            github_url.trim_end_matches('/'),
-            name.trim_end_matches(".git")
-        ));
-    }
-    let default_host = host_of(provider)?;
+    let provider = base
+        .provider
+        .as_deref()
+        .unwrap_or("github")
+        .to_ascii_lowercase();
+    let default_host = host_of(&provider)?;
     let host = match (&base.upstream_host, default_host) {
         (Some(h), _) => h.clone(),
         (None, Some(h)) => h.to_owned(),
@@ -120,24 +164,33 @@ fn upstream_url(base: &BaseRepo, github_url: &str) -> Result<String, ApiError> {
             )));
         }
     };
-    if host.is_empty()
-        || !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
-    {
-        return Err(ApiError::bad_request("base_repo.upstream_host is invalid"));
+    if host.contains('@') {
+        return Err(ApiError::bad_request(
+            "base_repo.upstream_host must not contain credentials; store them with the git-credentials API",
+        ));
     }
-    let owner = path_part("owner", base.owner.as_deref())?;
-    let name = path_part("name", base.name.as_deref())?;
-    Ok(match provider {
+    if !valid_host(&host) {
+        return Err(ApiError::bad_request(
+            "base_repo.upstream_host must be a bare host name with an optional port, such as git.example.com",
+        ));
+    }
+    let owner = path_part("owner", base.owner.as_deref(), provider == "gitlab")?;
+    let name = path_part("name", base.name.as_deref(), false)?;
+    let name = name.trim_end_matches(".git");
+    if name.is_empty() {
+        return Err(ApiError::bad_request(
+            "base_repo.name is missing or invalid",
+        ));
+    }
+    Ok(match provider.as_str() {
         "sr.ht" | "sourcehut" => {
             let owner = owner.trim_start_matches('~');
             format!("https://{host}/~{owner}/{name}")
         }
-        _ => format!(
-            "https://{host}/{owner}/{}.git",
-            name.trim_end_matches(".git")
-        ),
+        "github" if base.upstream_host.is_none() => {
+            format!("{}/{owner}/{name}.git", github_url.trim_end_matches('/'))
+        }
+        _ => format!("https://{host}/{owner}/{name}.git"),
     })
 }
 
@@ -154,6 +207,9 @@ pub(super) async fn create(
     authz::check_claim(id, name.as_str())?;
     if !id.has(Scope::RepoWrite) {
         return Err(ApiError::forbidden("token lacks the repo:write scope"));
+    }
+    if super::fork::requested(call) {
+        return super::fork::create(app, id, &name, call).await;
     }
     let upstream = match &body.base_repo {
         Some(base) => {
@@ -237,9 +293,9 @@ async fn check_github_mode(app: &App, upstream: &UpstreamRecord) -> Result<(), A
         url: upstream.url.clone(),
         credential: None,
     };
-    let allow_http = app.config.allow_http_upstream;
+    let opts = app.sync.fetch_options();
     let probe = tokio::task::spawn_blocking(move || {
-        crate::sync::fetch::probe(&target, allow_http).map_err(|e| e.to_string())
+        crate::sync::fetch::probe(&target, &opts).map_err(|e| e.to_string())
     })
     .await
     .map_err(ApiError::internal)?;
@@ -298,6 +354,7 @@ fn summary(repo: &Repo) -> Value {
         "default_branch": default_branch(repo),
         "created_at": rfc3339(r.created_at),
         "base_repo": base_repo_json(repo),
+        "git_credential": super::credentials::summary(repo),
     })
 }
 
@@ -379,17 +436,45 @@ pub(super) async fn delete(
     ))
 }
 
-/// Ask for a sync (202; it runs asynchronously).
+/// The pull-upstream body (all optional).
+#[derive(Debug, Deserialize, Default)]
+struct PullBody {
+    /// One ref to pull (`main`, `refs/heads/main`, a tag).
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    /// "Only sync commits after this SHA" (older docs).
+    after: Option<String>,
+}
+
+/// Ask for a sync (202; it runs asynchronously). A sync always brings every followed ref up to
+/// date, so `ref` (validated) is satisfied by it; `after` must be an object id.
 pub(super) fn pull_upstream(
     app: &Arc<App>,
     id: &Identity,
     repo: Arc<Repo>,
+    call: &Call,
 ) -> Result<Response<Body>, ApiError> {
     authz::check_repo(app, id, &repo, Scope::GitWrite)?;
     if repo.record().upstream.is_none() {
         return Err(ApiError::bad_request(
             "Repository has no upstream configured",
         ));
+    }
+    let body: PullBody = call.body()?;
+    if let Some(r) = &body.reference {
+        let full = if r.starts_with("refs/") {
+            r.clone()
+        } else {
+            format!("refs/heads/{r}")
+        };
+        if !codestorage_store::refs::valid_ref_name(&full) {
+            return Err(ApiError::bad_request(format!("invalid ref '{r}'")));
+        }
+    }
+    if let Some(a) = &body.after
+        && codestorage_store::ObjectId::from_hex(a.as_bytes()).is_err()
+    {
+        return Err(ApiError::bad_request("after must be a full object id"));
     }
     app.sync.request(repo);
     Ok(json_response(
@@ -398,41 +483,191 @@ pub(super) fn pull_upstream(
     ))
 }
 
+/// Detach a mirror from its upstream (compat.md §5.8): it becomes a local repository with
+/// everything it holds, its stored credential is deleted, syncing stops, and later pushes stay
+/// here. Idempotent. Waits for a sync in progress (its lock) so none lands afterwards.
+pub(super) async fn detach(
+    app: &Arc<App>,
+    id: &Identity,
+    repo: &Arc<Repo>,
+) -> Result<Response<Body>, ApiError> {
+    authz::check_repo(app, id, repo, Scope::GitWrite)?;
+    let name = repo.record().name;
+    let lock = app.sync.repo_lock(&name);
+    let _guard = lock.lock().await;
+    let r = repo.clone();
+    let was_mirror = tokio::task::spawn_blocking(move || {
+        r.update_record(|record| {
+            let was = record.upstream.is_some() || record.credential.is_some();
+            record.upstream = None;
+            record.credential = None;
+            Ok::<_, StoreError>(was)
+        })
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    if was_mirror {
+        app.sync.forget(&name);
+        tracing::info!(repo = %name, who = %id.who(), "repository detached from its upstream");
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "message": "repository detached" }),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn provider_urls_follow_the_host_map() {
-        let base = |p: &str, host: Option<&str>| BaseRepo {
+    fn base(p: &str, owner: &str, name: &str, host: Option<&str>) -> BaseRepo {
+        BaseRepo {
             provider: Some(p.into()),
-            owner: Some("group/sub".into()),
-            name: Some("proj".into()),
+            owner: Some(owner.into()),
+            name: Some(name.into()),
             upstream_host: host.map(Into::into),
             ..Default::default()
-        };
-        let upstream_url = |b: &BaseRepo| super::upstream_url(b, "https://github.com");
+        }
+    }
+
+    fn url(b: BaseRepo) -> Result<String, String> {
+        upstream_url(&b, "https://github.com").map_err(|e| e.message)
+    }
+
+    #[test]
+    fn github_repositories_come_from_the_github_url() {
+        let b = || base("github", "octo", "app", None);
         assert_eq!(
-            upstream_url(&base("github", None)).ok(),
-            Some("https://github.com/group/sub/proj.git".into())
+            upstream_url(&b(), "http://127.0.0.1:9/").map_err(|e| e.message),
+            Ok("http://127.0.0.1:9/octo/app.git".into())
         );
         assert_eq!(
-            super::upstream_url(&base("github", None), "http://127.0.0.1:9/").ok(),
-            Some("http://127.0.0.1:9/group/sub/proj.git".into())
+            url(base("github", "octo", "app", Some("ghe.example.com"))).as_deref(),
+            Ok("https://ghe.example.com/octo/app.git"),
+            "an explicit host wins"
+        );
+    }
+
+    #[test]
+    fn provider_urls_follow_the_host_map() {
+        assert_eq!(
+            url(base("github", "octo", "app", None)).as_deref(),
+            Ok("https://github.com/octo/app.git")
         );
         assert_eq!(
-            upstream_url(&base("gitlab", None)).ok(),
-            Some("https://gitlab.com/group/sub/proj.git".into())
+            url(base("gitlab", "group/sub/deeper", "proj", None)).as_deref(),
+            Ok("https://gitlab.com/group/sub/deeper/proj.git"),
+            "GitLab nested groups"
         );
         assert_eq!(
-            upstream_url(&base("sr.ht", None)).ok(),
-            Some("https://git.sr.ht/~group/sub/proj".into())
+            url(base("bitbucket", "workspace", "repo.git", None)).as_deref(),
+            Ok("https://bitbucket.org/workspace/repo.git"),
+            "Bitbucket workspace/repo; a .git suffix is not doubled"
         );
-        assert!(upstream_url(&base("gitea", None)).is_err());
         assert_eq!(
-            upstream_url(&base("forgejo", Some("git.example.com"))).ok(),
-            Some("https://git.example.com/group/sub/proj.git".into())
+            url(base("codeberg", "forgejo", "forgejo", None)).as_deref(),
+            Ok("https://codeberg.org/forgejo/forgejo.git")
         );
-        assert!(upstream_url(&base("nope", None)).is_err());
+        for p in ["sr.ht", "sourcehut"] {
+            assert_eq!(
+                url(base(p, "~sircmpwn", "scdoc", None)).as_deref(),
+                Ok("https://git.sr.ht/~sircmpwn/scdoc"),
+                "{p}: ~owner/name"
+            );
+            assert_eq!(
+                url(base(p, "sircmpwn", "scdoc", None)).as_deref(),
+                Ok("https://git.sr.ht/~sircmpwn/scdoc"),
+                "{p}: the ~ is added"
+            );
+        }
+        for p in ["gitea", "forgejo"] {
+            assert!(
+                url(base(p, "o", "r", None))
+                    .is_err_and(|e| e.contains("upstream_host is required")),
+                "{p} has no default host"
+            );
+            assert_eq!(
+                url(base(p, "o", "r", Some("git.example.com:3000"))).as_deref(),
+                Ok("https://git.example.com:3000/o/r.git")
+            );
+        }
+        assert_eq!(
+            url(base("gitlab", "g", "p", Some("gitlab.internal"))).as_deref(),
+            Ok("https://gitlab.internal/g/p.git"),
+            "upstream_host overrides the default"
+        );
+        assert_eq!(
+            url(base("GitLab", "g", "p", None)).as_deref(),
+            Ok("https://gitlab.com/g/p.git"),
+            "provider names are case-insensitive"
+        );
+    }
+
+    #[test]
+    fn bad_base_repos_are_refused_with_a_reason() {
+        assert!(url(base("nope", "o", "r", None)).is_err_and(|e| e.contains("unknown provider")));
+        for p in ["github", "bitbucket", "gitea", "sr.ht"] {
+            assert!(
+                url(base(p, "a/b", "r", Some("h.example"))).is_err_and(|e| e.contains("single")),
+                "{p}: no nested owners"
+            );
+        }
+        assert!(
+            url(base("gitlab", "g", "a/b", None)).is_err(),
+            "names are one segment"
+        );
+        assert!(url(base("gitlab", "g/../x", "p", None)).is_err());
+        assert!(url(base("gitlab", "", "p", None)).is_err());
+        assert!(url(base("gitlab", "g", "", None)).is_err());
+        assert!(url(base("gitlab", "g", ".git", None)).is_err());
+        assert!(
+            url(base("gitlab", "-g", "p", None)).is_err(),
+            "no option-like segments"
+        );
+        for host in [
+            "https://git.example.com",
+            "git.example.com/path",
+            "git..example.com",
+            "-x.example.com",
+            "h:0",
+            "h:99999",
+            "h:",
+            "[zz]",
+            "",
+        ] {
+            assert!(
+                url(base("gitea", "o", "r", Some(host))).is_err_and(|e| e.contains("bare host")),
+                "{host:?}"
+            );
+        }
+        assert!(
+            url(base("gitea", "o", "r", Some("user:pw@h.example")))
+                .is_err_and(|e| e.contains("credentials"))
+        );
+        assert_eq!(
+            url(base("gitea", "o", "r", Some("[::1]:3000"))).as_deref(),
+            Ok("https://[::1]:3000/o/r.git")
+        );
+    }
+
+    #[test]
+    fn urls_with_user_info_are_refused() {
+        for bad in [
+            "https://user:secret@git.example.com/o/r.git",
+            "https://token@git.example.com/o/r.git",
+            "http://u:p@127.0.0.1:8080/r.git",
+        ] {
+            let b = BaseRepo {
+                url: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = url(b).expect_err(bad);
+            assert!(err.contains("git-credentials"), "{err}");
+            assert!(!err.contains("secret"), "the secret is not echoed: {err}");
+        }
+        use crate::sync::fetch::has_userinfo;
+        assert!(!has_userinfo("https://git.example.com/o/r.git?x=a@b"));
+        assert!(!has_userinfo("https://git.example.com/users/a@b/r.git"));
     }
 }
