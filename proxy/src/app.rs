@@ -35,6 +35,10 @@ pub struct Config {
     pub moved_ref_grace: Duration,
     /// Delete ephemeral refs not updated for this long (off when `None`).
     pub ephemeral_ttl: Option<Duration>,
+    /// GitHub: where repositories are cloned from, the API, the App.
+    pub github: crate::upstream::github::GithubSettings,
+    /// Secrets of incoming forge webhooks (`/webhooks/{forge}`).
+    pub forge_secrets: crate::sync::forge_hooks::ForgeSecrets,
     /// Extra CA certificates (PEM) trusted for upstream TLS, besides the system roots.
     pub upstream_ca_file: Option<PathBuf>,
     /// Largest pack one sync may receive, in bytes.
@@ -57,6 +61,8 @@ impl Config {
             push_limits: Default::default(),
             moved_ref_grace: Duration::from_secs(60),
             ephemeral_ttl: None,
+            github: Default::default(),
+            forge_secrets: Default::default(),
             upstream_ca_file: None,
             max_fetch_bytes: crate::sync::fetch::DEFAULT_MAX_FETCH_BYTES,
             webhook_retry_base: Duration::from_secs(10),
@@ -85,6 +91,8 @@ pub struct App {
     pub credentials: Arc<CredentialSource>,
     /// Outgoing webhooks.
     pub webhooks: Arc<Webhooks>,
+    /// Incoming forge webhooks: delivery dedup and debounced sync requests.
+    pub forge_hooks: Arc<crate::sync::forge_hooks::ForgeHooks>,
 }
 
 /// Why the server cannot start.
@@ -102,6 +110,9 @@ pub enum AppError {
     /// The secret key cannot be loaded or created.
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretError),
+    /// The GitHub App cannot be set up.
+    #[error(transparent)]
+    Github(#[from] crate::upstream::github::GithubError),
     /// `--upstream-ca-file` is unusable.
     #[error("--upstream-ca-file {path}: {message}")]
     UpstreamCa {
@@ -139,7 +150,15 @@ impl App {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let auth = Arc::new(Authenticator::load(&config.data_dir, issuers)?);
         let secrets = Arc::new(SecretBox::open_dir(&config.data_dir)?);
-        let credentials = Arc::new(CredentialSource::new(secrets.clone()));
+        let github_app = match &config.github.app {
+            Some(app) => Some(Arc::new(crate::upstream::github::GithubApp::load(
+                &config.github.api_url,
+                app,
+            )?)),
+            None => None,
+        };
+        let credentials =
+            Arc::new(CredentialSource::new(secrets.clone()).with_github_app(github_app));
         let interrupt = Arc::new(AtomicBool::new(false));
         let roots = match &config.upstream_ca_file {
             Some(path) => upstream_roots(path)?,
@@ -181,6 +200,7 @@ impl App {
             secrets,
             credentials,
             webhooks,
+            forge_hooks: Arc::new(crate::sync::forge_hooks::ForgeHooks::new()),
         }))
     }
 }

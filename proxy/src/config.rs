@@ -12,6 +12,14 @@
 //! max_pack_bytes = 4294967296
 //! moved_ref_grace = 60        # seconds
 //! ephemeral_ttl = "7d"        # delete ephemeral refs not updated for that long
+//! github_url = "https://github.com"          # where GitHub repos are cloned from
+//! github_api_url = "https://api.github.com"  # the GitHub REST API (GitHub Enterprise: https://HOST/api/v3)
+//! github_app_id = "123456"                   # GitHub App mode
+//! github_app_key = "/etc/codestorage/github-app.pem"
+//! github_webhook_secret = "…"                # POST /webhooks/github
+//! gitlab_webhook_secret = "…"                # POST /webhooks/gitlab
+//! gitea_webhook_secret = "…"                 # POST /webhooks/gitea and /webhooks/forgejo
+//! bitbucket_webhook_secret = "…"             # POST /webhooks/bitbucket
 //! upstream_ca_file = "/etc/codestorage/forge-ca.pem"   # extra roots for upstream TLS
 //! max_fetch_bytes = 8589934592   # largest pack one sync may receive
 //! webhook_retry_base = 10     # seconds before the first webhook retry (doubles per failure)
@@ -29,6 +37,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::auth::keys::{self, VerifyingKey};
+use crate::secrets::Secret;
+
+/// A secret read from the file: kept as a [`Secret`] so no `Debug` output shows it.
+fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+}
 
 /// One trusted token issuer.
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +82,26 @@ pub struct FileConfig {
     pub moved_ref_grace: Option<u64>,
     /// Ephemeral ref expiry (`7d`, …).
     pub ephemeral_ttl: Option<String>,
+    /// Where GitHub repositories are cloned from.
+    pub github_url: Option<String>,
+    /// The GitHub REST API base.
+    pub github_api_url: Option<String>,
+    /// The GitHub App id.
+    pub github_app_id: Option<String>,
+    /// The GitHub App private key (PEM file).
+    pub github_app_key: Option<PathBuf>,
+    /// Secret of `/webhooks/github`.
+    #[serde(default, deserialize_with = "secret")]
+    pub github_webhook_secret: Option<Secret>,
+    /// Secret of `/webhooks/gitlab`.
+    #[serde(default, deserialize_with = "secret")]
+    pub gitlab_webhook_secret: Option<Secret>,
+    /// Secret of `/webhooks/gitea` and `/webhooks/forgejo`.
+    #[serde(default, deserialize_with = "secret")]
+    pub gitea_webhook_secret: Option<Secret>,
+    /// Secret of `/webhooks/bitbucket`.
+    #[serde(default, deserialize_with = "secret")]
+    pub bitbucket_webhook_secret: Option<Secret>,
     /// Extra CA certificates (PEM) for upstream TLS.
     pub upstream_ca_file: Option<PathBuf>,
     /// Largest pack one sync may receive, bytes.
@@ -111,6 +145,9 @@ pub enum ConfigError {
     /// TLS settings are inconsistent.
     #[error("{0}")]
     Tls(String),
+    /// GitHub settings are inconsistent.
+    #[error("{0}")]
+    Github(String),
 }
 
 impl FileConfig {
@@ -182,9 +219,90 @@ pub fn tls_source(
     }
 }
 
+/// Decide the GitHub settings from the merged values: URLs must be http(s) (no trailing
+/// slash kept), and an App needs both its id and its key.
+pub fn github_settings(
+    url: Option<String>,
+    api_url: Option<String>,
+    app_id: Option<String>,
+    app_key: Option<PathBuf>,
+) -> Result<crate::upstream::github::GithubSettings, ConfigError> {
+    use crate::upstream::github::{AppSettings, GithubSettings};
+    let mut settings = GithubSettings::default();
+    let base = |flag: &str, v: String| -> Result<String, ConfigError> {
+        let v = v.trim().trim_end_matches('/').to_owned();
+        if (v.starts_with("https://") || v.starts_with("http://"))
+            && !v.contains(char::is_whitespace)
+        {
+            Ok(v)
+        } else {
+            Err(ConfigError::Github(format!(
+                "{flag} {v:?} must be an http(s) URL"
+            )))
+        }
+    };
+    if let Some(url) = url {
+        settings.url = base("--github-url", url)?;
+    }
+    if let Some(api) = api_url {
+        settings.api_url = base("--github-api-url", api)?;
+    }
+    settings.app = match (app_id, app_key) {
+        (None, None) => None,
+        (Some(app_id), Some(key_file)) => Some(AppSettings { app_id, key_file }),
+        _ => {
+            return Err(ConfigError::Github(
+                "--github-app-id and --github-app-key go together".into(),
+            ));
+        }
+    };
+    Ok(settings)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forge_keys_parse_and_secrets_stay_masked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "github_url = \"https://ghe.example.com\"\ngithub_app_id = \"9\"\n\
+             github_app_key = \"/k.pem\"\ngithub_webhook_secret = \"s3cr3t-gh\"\n\
+             gitea_webhook_secret = \"s3cr3t-gt\"\n",
+        )
+        .expect("write");
+        let cfg = FileConfig::load(&path).expect("parses");
+        assert_eq!(cfg.github_app_id.as_deref(), Some("9"));
+        assert_eq!(
+            cfg.github_webhook_secret.as_ref().map(Secret::expose),
+            Some("s3cr3t-gh")
+        );
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cr3t"), "Debug masks secrets: {shown}");
+    }
+
+    #[test]
+    fn github_settings_are_validated() {
+        let s = github_settings(None, None, None, None).expect("defaults");
+        assert_eq!(s.url, "https://github.com");
+        assert_eq!(s.api_url, "https://api.github.com");
+        assert!(s.app.is_none());
+        let s = github_settings(
+            Some("https://ghe.example.com/".into()),
+            Some("https://ghe.example.com/api/v3".into()),
+            Some("7".into()),
+            Some("k.pem".into()),
+        )
+        .expect("enterprise");
+        assert_eq!(s.url, "https://ghe.example.com");
+        assert_eq!(s.app.map(|a| a.app_id).as_deref(), Some("7"));
+        assert!(github_settings(None, None, Some("7".into()), None).is_err());
+        assert!(github_settings(None, None, None, Some("k.pem".into())).is_err());
+        assert!(github_settings(Some("github.com".into()), None, None, None).is_err());
+    }
 
     #[test]
     fn parses_a_full_file_and_refuses_unknown_keys() {

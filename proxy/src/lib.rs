@@ -7,12 +7,14 @@
 //! - [`server`] — the accept loop and graceful shutdown.
 //! - [`http`] — routing, smart-HTTP endpoints, REST API, error mapping.
 //! - [`protocol`] — pkt-line framing and the upload-pack engine (v0/v1/v2), over bytes.
-//! - [`sync`] — fetching from upstreams, scheduling, sync status.
+//! - [`sync`] — fetching from upstreams, scheduling, sync status, public-mode ref updates,
+//!   incoming forge webhooks.
 //! - [`cli`] — the client side of the `repo` subcommands.
 //! - [`config`] — the config file and its merge with the command line.
 //! - [`expiry`] — expiry of ephemeral refs.
 //! - [`time`] — timestamps.
-//! - [`upstream`] — the HTTP client for upstreams' smart-HTTP endpoints (forwarded pushes).
+//! - [`upstream`] — the HTTP client for upstreams' smart-HTTP endpoints (forwarded pushes),
+//!   upstream credentials, GitHub modes and App installation tokens.
 //! - [`webhooks`] — outgoing webhooks: subscriptions, durable queue, signed delivery.
 
 pub mod app;

@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage repositories on the running server.
     Repo {
         #[command(subcommand)]
@@ -127,7 +127,7 @@ async fn run(cli: Cli) -> Result<()> {
     let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
     match cli.command {
         Command::Serve(args) => {
-            codestorage::cli::serve::run(&data_dir, args, shutdown_signal()).await?;
+            codestorage::cli::serve::run(&data_dir, *args, shutdown_signal()).await?;
         }
         Command::Keys { command } => codestorage::cli::keys::keys(&data_dir, command)?,
         Command::Token { command } => codestorage::cli::keys::token(&data_dir, command)?,

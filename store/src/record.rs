@@ -23,6 +23,11 @@ pub struct UpstreamRecord {
     /// The upstream's default branch as given at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_branch: Option<String>,
+    /// How we authenticate to the upstream, as given at creation (`base_repo.auth.auth_type`):
+    /// `public` for an anonymously fetched GitHub mirror whose pushes stay local; absent for
+    /// the provider's default (the GitHub App for `github`, stored credentials otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_type: Option<String>,
 }
 
 /// A repository's upstream credential (compat.md §5.6), as stored: the user name and password

@@ -357,6 +357,11 @@ impl Repo {
         &self.dir
     }
 
+    /// The index the repository lives in (for its soft state).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
     /// The current snapshot.
     pub fn view(&self) -> Arc<View> {
         self.view

@@ -197,6 +197,32 @@ fn fail_knob_answers_every_request_with_its_status_and_requests_are_counted() {
 }
 
 #[test]
+fn basic_auth_knob_lets_only_listed_credentials_in() {
+    let (git, upstream, seed) = seeded();
+    let file = git.scratch().join("upstream-auth.txt");
+    std::fs::write(&file, "x-access-token:good\n").expect("write the credentials file");
+    upstream.require_basic_auth_check(Some(codestorage_tests::cgi::basic_auth_file(file.clone())));
+    let path = "/repo.git/info/refs?service=git-upload-pack";
+    let resp = http::request(&upstream.base(), "GET", path, &[], None);
+    assert_eq!(resp.status, 401, "anonymous: {}", resp.describe());
+    assert!(
+        resp.header("www-authenticate")
+            .is_some_and(|c| c.starts_with("Basic")),
+        "a Basic challenge: {:?}",
+        resp.headers
+    );
+    let with = |cred: &str| seed.url.replacen("http://", &format!("http://{cred}@"), 1);
+    git.ls_remote(&with("x-access-token:good"));
+    git.run_fail(git.scratch(), &["ls-remote", &with("x-access-token:bad")]);
+    // The file is read per request: rotating it takes effect at once.
+    std::fs::write(&file, "x-access-token:rotated\n").expect("rewrite the credentials file");
+    git.run_fail(git.scratch(), &["ls-remote", &with("x-access-token:good")]);
+    git.ls_remote(&with("x-access-token:rotated"));
+    upstream.require_basic_auth(None);
+    git.ls_remote(&seed.url);
+}
+
+#[test]
 fn unknown_upstream_repo_is_not_found() {
     let upstream = Upstream::start();
     let resp = http::request(

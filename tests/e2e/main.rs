@@ -73,3 +73,13 @@ mod providers;
 /// Outgoing webhooks: subscriptions (both REST generations, bad input, scopes, organisations),
 /// signed `push` and `repo.sync.*` deliveries to a loopback receiver, retries, restarts, kill -9.
 mod webhooks_out;
+
+/// GitHub mirrors: App mode (installation tokens from a fake GitHub API, refreshed after
+/// expiry, used for fetches and forwarded pushes), the 412 without an App, public mode
+/// (readability check, pushes kept local, diverged refs reported and never overwritten).
+mod github;
+
+/// Incoming forge webhooks (GitHub, GitLab, Gitea, Forgejo, Bitbucket): signed deliveries
+/// trigger syncs of matching mirrors; bad or missing signatures are 401 and change nothing;
+/// duplicates and bursts sync once; the webhook-to-served lag.
+mod forge_webhooks;

@@ -15,7 +15,8 @@
 //! 1 KiB pieces, each after this delay), [`Bridge::set_fail`] (answer every request with this
 //! status, without running git), [`Bridge::set_retry_after`] (a `Retry-After` header on those
 //! answers) and [`Bridge::require_basic_auth`] (answer 401 unless the request carries this HTTP
-//! Basic user and password, as a forge does for a private repository). [`Bridge::requests`] /
+//! Basic user and password, as a forge does for a private repository; or, with
+//! [`Bridge::require_basic_auth_check`], unless its credentials pass a check of the caller's). [`Bridge::requests`] /
 //! [`Bridge::request_log`] / [`Bridge::auth_log`] say what arrived; [`Bridge::max_in_flight`] how
 //! many requests were served at once at most.
 //!
@@ -78,6 +79,21 @@ pub struct Config {
     pub echo_stderr: bool,
 }
 
+/// Decides whether HTTP Basic credentials `(user, password)` are accepted.
+pub type BasicAuthCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// A [`BasicAuthCheck`] accepting the `user:password` lines of `file`, read at every request
+/// (so the file can be rewritten while the server runs); a missing file accepts nothing.
+pub fn basic_auth_file(file: PathBuf) -> BasicAuthCheck {
+    Arc::new(move |user, password| {
+        std::fs::read_to_string(&file).is_ok_and(|text| {
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .any(|(u, p)| u == user && p == password)
+        })
+    })
+}
+
 /// The state shared by every request of one server.
 pub struct Bridge {
     config: Config,
@@ -88,8 +104,8 @@ pub struct Bridge {
     log: Mutex<Vec<String>>,
     /// `Retry-After` value sent with injected failures.
     retry_after: Mutex<Option<String>>,
-    /// The Basic credential every request must carry, if any.
-    basic_auth: Mutex<Option<(String, String)>>,
+    /// When set, requests whose Basic credentials fail it get 401.
+    basic_auth: Mutex<Option<BasicAuthCheck>>,
     /// Each presented Basic credential as `user:password`, with `ok`/`refused`.
     auth_log: Mutex<Vec<String>>,
     in_flight: Arc<AtomicUsize>,
@@ -221,6 +237,13 @@ impl Bridge {
         self.fail.store(status.unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// `Some(check)`: every request must carry HTTP Basic credentials that pass `check`, else it
+    /// is answered 401 with a `WWW-Authenticate: Basic` challenge (without running git).
+    /// `None`: no authentication (the default).
+    pub fn require_basic_auth_check(&self, check: Option<BasicAuthCheck>) {
+        *self.basic_auth.lock().expect("lock is never poisoned") = check;
+    }
+
     /// `Some(value)`: answers made by [`Bridge::set_fail`] carry `Retry-After: value`.
     pub fn set_retry_after(&self, value: Option<&str>) {
         *self.retry_after.lock().expect("lock is never poisoned") = value.map(str::to_owned);
@@ -229,8 +252,11 @@ impl Bridge {
     /// `Some((user, password))`: every request must carry this HTTP Basic credential, else it
     /// gets `401` with `WWW-Authenticate: Basic`. `None`: anonymous access.
     pub fn require_basic_auth(&self, credential: Option<(&str, &str)>) {
-        *self.basic_auth.lock().expect("lock is never poisoned") =
-            credential.map(|(u, p)| (u.to_owned(), p.to_owned()));
+        let check = credential.map(|(u, p)| {
+            let (user, password) = (u.to_owned(), p.to_owned());
+            Arc::new(move |u: &str, p: &str| u == user && p == password) as BasicAuthCheck
+        });
+        self.require_basic_auth_check(check);
     }
 
     /// Every Basic credential presented so far, as `user:password ok` or `user:password refused`.
@@ -437,7 +463,7 @@ fn authorized(bridge: &Bridge, req: &Request<Incoming>) -> bool {
         .clone();
     let ok = match (&required, &presented) {
         (None, _) => true,
-        (Some((u, p)), Some(given)) => given.split_once(':') == Some((u.as_str(), p.as_str())),
+        (Some(check), Some(given)) => given.split_once(':').is_some_and(|(u, p)| check(u, p)),
         (Some(_), None) => false,
     };
     if let Some(given) = presented {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use crate::app::{App, Config};
-use crate::config::{FileConfig, tls_source};
+use crate::config::{FileConfig, github_settings, tls_source};
+use crate::secrets::Secret;
+use crate::sync::forge_hooks::ForgeSecrets;
 
 /// Default TLS address when TLS is on.
 const DEFAULT_TLS_LISTEN: &str = "127.0.0.1:8443";
@@ -64,6 +66,36 @@ pub struct ServeArgs {
     /// Seconds a webhook delivery is retried before it is marked failed [default: 86400].
     #[arg(long)]
     pub webhook_retry_window: Option<u64>,
+    /// Where GitHub repositories are cloned from (a GitHub Enterprise host works)
+    /// [default: https://github.com].
+    #[arg(long)]
+    pub github_url: Option<String>,
+    /// The GitHub REST API base [default: https://api.github.com].
+    #[arg(long)]
+    pub github_api_url: Option<String>,
+    /// GitHub App id, for App-mode GitHub mirrors (with --github-app-key).
+    #[arg(long)]
+    pub github_app_id: Option<String>,
+    /// GitHub App private key (PEM, PKCS#1 or PKCS#8).
+    #[arg(long, value_name = "FILE")]
+    pub github_app_key: Option<PathBuf>,
+    /// Secret of incoming GitHub webhooks (`POST /webhooks/github`).
+    #[arg(long, env = "CODESTORAGE_GITHUB_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub github_webhook_secret: Option<Secret>,
+    /// Secret of incoming GitLab webhooks (`POST /webhooks/gitlab`).
+    #[arg(long, env = "CODESTORAGE_GITLAB_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub gitlab_webhook_secret: Option<Secret>,
+    /// Secret of incoming Gitea and Forgejo webhooks (`POST /webhooks/gitea`, `/webhooks/forgejo`).
+    #[arg(long, env = "CODESTORAGE_GITEA_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub gitea_webhook_secret: Option<Secret>,
+    /// Secret of incoming Bitbucket webhooks (`POST /webhooks/bitbucket`).
+    #[arg(long, env = "CODESTORAGE_BITBUCKET_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub bitbucket_webhook_secret: Option<Secret>,
+}
+
+/// A secret from the command line or the environment, masked from then on.
+fn parse_secret(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s))
 }
 
 /// Run the server on `data_dir` until `shutdown`.
@@ -102,6 +134,19 @@ pub async fn run(
     if let Some(secs) = args.webhook_retry_window.or(file.webhook_retry_window) {
         config.webhook_retry_window = Duration::from_secs(secs);
     }
+    config.github = github_settings(
+        args.github_url.or(file.github_url),
+        args.github_api_url.or(file.github_api_url),
+        args.github_app_id.or(file.github_app_id),
+        args.github_app_key.or(file.github_app_key),
+    )?;
+    config.forge_secrets = ForgeSecrets::new(
+        args.github_webhook_secret.or(file.github_webhook_secret),
+        args.gitlab_webhook_secret.or(file.gitlab_webhook_secret),
+        args.gitea_webhook_secret.or(file.gitea_webhook_secret),
+        args.bitbucket_webhook_secret
+            .or(file.bitbucket_webhook_secret),
+    );
     if let Some(max) = args.max_pack_bytes.or(file.max_pack_bytes) {
         config.push_limits.max_pack_bytes = max;
     }

@@ -1,9 +1,11 @@
-//! HTTP: one entry point that routes a request to the git endpoints (`smart`) or the REST API
-//! (`rest`), plus health checks. Nothing else lives here.
+//! HTTP: one entry point that routes a request to the git endpoints (`smart`), the REST API
+//! (`rest`) or incoming forge webhooks (`forge_hooks`), plus health checks. Nothing else lives
+//! here.
 
 pub mod authz;
 pub mod body;
 pub mod error;
+pub mod forge_hooks;
 pub mod push;
 pub mod rest;
 pub mod smart;
@@ -28,6 +30,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             Response::new(full("ok\n"))
         } else if path.starts_with("/api/") || path == "/api" {
             rest::handle(app, req).await
+        } else if forge_hooks::is_hook_path(&path) {
+            forge_hooks::handle(app, req).await
         } else if let Some((repo, service)) = smart::parse_path(&path) {
             let repo = repo.to_owned();
             smart::handle(app, req, &repo, service).await

@@ -57,6 +57,10 @@ pub enum SyncError {
     /// The store failed (including a pack that does not verify).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Public mode: refs moved both here and upstream were left alone (every other update was
+    /// applied).
+    #[error("refs diverged from the upstream and were left alone: {0}")]
+    Diverged(String),
 }
 
 impl SyncError {
@@ -198,7 +202,7 @@ struct Remote {
     head: Option<String>,
 }
 
-fn followed(name: &str) -> bool {
+pub(super) fn followed(name: &str) -> bool {
     (name.starts_with("refs/heads/") || name.starts_with("refs/tags/"))
         && refs::valid_ref_name(name)
 }
@@ -296,6 +300,32 @@ fn configure(
 
 fn upstream(step: &'static str) -> impl FnOnce(gix_error::Error) -> SyncError {
     move |source| SyncError::Upstream { step, source }
+}
+
+/// Check that `target` answers an upload-pack handshake (with `ls-refs` under protocol v2):
+/// how a public-mode mirror's upstream is shown to be readable without credentials.
+pub fn probe(target: &UpstreamTarget, opts: &FetchOptions) -> Result<(), SyncError> {
+    let parsed = check_url(&target.url, opts.allow_http)?;
+    let mut transport = http::connect::<http::reqwest::Remote>(parsed, Protocol::V2, false);
+    configure(&mut transport, opts)?;
+    let mut progress = gix_utils::progress::Discard;
+    let hs = gix_protocol::handshake(
+        &mut transport,
+        Service::UploadPack,
+        |_| Ok(None),
+        vec![],
+        &mut progress,
+    )
+    .map_err(upstream("handshake"))?;
+    if hs.refs.is_none() {
+        let agent = ("agent", Some(crate::protocol::upload_pack::agent()));
+        let mut prefixes = gix_protocol::ls_refs::RefPrefixes::new();
+        prefixes.extend(["HEAD".into()]);
+        gix_protocol::LsRefsCommand::new(Some(prefixes), &hs.capabilities, agent)
+            .invoke_blocking(&mut transport, &mut progress, false)
+            .map_err(upstream("ls-refs"))?;
+    }
+    Ok(())
 }
 
 /// Run one sync of `repo` from its upstream `target`.
@@ -421,6 +451,17 @@ pub fn run(
                 quarantine = Some(q);
             }
         }
+    }
+
+    // Public-mode GitHub mirrors keep their local pushes: see `public`.
+    if repo
+        .record()
+        .upstream
+        .as_ref()
+        .is_some_and(crate::upstream::github::is_public)
+    {
+        let head = remote.head.as_deref();
+        return super::public::apply(repo, &view, &remote.refs, head, quarantine, objects);
     }
 
     // Updates: every followed ref that differs; deletions of followed refs gone upstream.

@@ -8,7 +8,9 @@
 //! none while the host's `Retry-After` runs.
 
 pub mod fetch;
+pub mod forge_hooks;
 pub mod politeness;
+pub mod public;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -161,6 +163,11 @@ impl SyncManager {
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The options every fetch from an upstream uses (TLS roots, limits, the http switch).
+    pub fn fetch_options(&self) -> Arc<fetch::FetchOptions> {
+        self.fetch.clone()
     }
 
     /// The sync status of `repo`.

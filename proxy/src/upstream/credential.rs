@@ -7,8 +7,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use codestorage_store::{Repo, RepoRecord};
+use codestorage_store::{Repo, RepoRecord, UpstreamRecord};
 
+use super::github::{self, GithubApp};
 use crate::secrets::{Secret, SecretBox, SecretError};
 
 /// An HTTP Basic credential for an upstream.
@@ -50,9 +51,13 @@ pub enum CredentialError {
 }
 
 /// Whether pushes to the default namespace of a repository with this record are forwarded to
-/// its upstream (rather than applied here).
+/// its upstream (rather than applied here). Public-mode GitHub mirrors have no credential to
+/// push with: their pushes stay here.
 pub fn forwards_pushes(record: &RepoRecord) -> bool {
-    record.upstream.is_some()
+    record
+        .upstream
+        .as_ref()
+        .is_some_and(|u| !github::is_public(u))
 }
 
 /// The user name presented with a token-only credential (no user name given): the forge's
@@ -138,12 +143,52 @@ pub fn open(
 /// Resolves repositories' upstream credentials.
 pub struct CredentialSource {
     secrets: Arc<SecretBox>,
+    /// The GitHub App, when one is configured.
+    github: Option<Arc<GithubApp>>,
 }
 
 impl CredentialSource {
     /// A source that opens stored secrets with `secrets`.
     pub fn new(secrets: Arc<SecretBox>) -> CredentialSource {
-        CredentialSource { secrets }
+        CredentialSource {
+            secrets,
+            github: None,
+        }
+    }
+
+    /// The same source, minting GitHub installation tokens with `app`.
+    pub fn with_github_app(mut self, app: Option<Arc<GithubApp>>) -> CredentialSource {
+        self.github = app;
+        self
+    }
+
+    /// Whether a GitHub App is configured.
+    pub fn has_github_app(&self) -> bool {
+        self.github.is_some()
+    }
+
+    /// The installation token of an App-mode GitHub mirror, as `x-access-token` Basic auth.
+    async fn github_credential(
+        &self,
+        upstream: &UpstreamRecord,
+    ) -> Result<UpstreamCredential, CredentialError> {
+        let app = self
+            .github
+            .as_ref()
+            .ok_or_else(|| CredentialError::Provider(github::APP_REQUIRED.into()))?;
+        let (Some(owner), Some(name)) = (&upstream.owner, &upstream.name) else {
+            return Err(CredentialError::Provider(
+                github::GithubError::NoRepo.to_string(),
+            ));
+        };
+        let token = app
+            .token(owner, name.trim_end_matches(".git"))
+            .await
+            .map_err(|e| CredentialError::Provider(e.to_string()))?;
+        Ok(UpstreamCredential {
+            username: github::TOKEN_USER.into(),
+            password: token,
+        })
     }
 
     /// The upstream of `repo` with the credential to use now; `None` for a local repository.
@@ -153,6 +198,21 @@ impl CredentialSource {
         let Some(upstream) = &record.upstream else {
             return Ok(None);
         };
+        // GitHub mirrors: anonymous in public mode; otherwise the App's installation token
+        // (a stored credential only stands in where no App is configured).
+        if github::is_github(upstream) {
+            let credential = if github::is_public(upstream) {
+                None
+            } else if self.github.is_some() || record.credential.is_none() {
+                Some(self.github_credential(upstream).await?)
+            } else {
+                open(&self.secrets, &record)?
+            };
+            return Ok(Some(UpstreamTarget {
+                url: upstream.url.clone(),
+                credential,
+            }));
+        }
         let credential = open(&self.secrets, &record)?;
         Ok(Some(UpstreamTarget {
             url: upstream.url.clone(),

@@ -173,4 +173,5 @@ impl UpstreamClient {
 }
 
 pub mod credential;
+pub mod github;
 pub mod push;

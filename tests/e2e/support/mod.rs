@@ -9,6 +9,8 @@
 //! - [`pkt`]: pkt-line builders for hand-made upload-pack request bodies.
 //! - [`receiver`]: `Receiver`, a loopback webhook receiver that records requests and fails or
 //!   holds them on demand.
+//! - [`github`]: a fake GitHub REST API (App installation tokens) and App keys.
+//! - [`forge`]: forge webhook deliveries, shaped and signed as each forge sends them.
 //!
 //! This module holds what they share: `World` (server + upstream + git for one test), running a
 //! child process with a deadline, scratch directories named after the running test, polling with
@@ -19,7 +21,9 @@
 
 #![allow(dead_code)] // not every test module uses every helper
 
+pub mod forge;
 pub mod git;
+pub mod github;
 pub mod http;
 pub mod jwt;
 pub mod pkt;

@@ -11,7 +11,8 @@
 //!   delay (makes a sync take a while);
 //! - [`Upstream::set_fail`]: answer every request with this status, without running git (with
 //!   [`Upstream::set_retry_after`]: and this `Retry-After`);
-//! - [`Upstream::require_basic_auth`]: 401 unless requests carry this Basic credential;
+//! - [`Upstream::require_basic_auth`]: 401 unless requests carry this Basic credential
+//!   ([`Upstream::require_basic_auth_check`]: unless their credentials pass a check);
 //! - [`Upstream::requests`] / [`Upstream::request_log`] / [`Upstream::auth_log`]: what reached
 //!   the upstream; [`Upstream::max_in_flight`]: the most requests served at once.
 //!
@@ -161,6 +162,12 @@ impl Upstream {
     /// running git. `None`: back to normal.
     pub fn set_fail(&self, status: Option<u16>) {
         self.bridge.set_fail(status);
+    }
+
+    /// `Some(check)`: every request needs HTTP Basic credentials that pass `check` (401
+    /// otherwise), as a forge's private repository does. `None`: open again.
+    pub fn require_basic_auth_check(&self, check: Option<cgi::BasicAuthCheck>) {
+        self.bridge.require_basic_auth_check(check);
     }
 
     /// Injected failures carry `Retry-After: value` (`None`: no header).

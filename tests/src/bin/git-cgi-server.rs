@@ -2,8 +2,11 @@
 //! (as CGI, one child per request), on loopback.
 //!
 //! ```text
-//! git-cgi-server --root DIR [--listen ADDR] [--home DIR]
+//! git-cgi-server --root DIR [--listen ADDR] [--home DIR] [--basic-auth-file FILE]
 //! ```
+//!
+//! `--basic-auth-file FILE`: every request must carry HTTP Basic credentials listed in FILE
+//! (`user:password` lines, re-read per request), else 401.
 //!
 //! `DIR/<name>.git` is served as `http://ADDR/<name>.git`. `--listen` defaults to
 //! `127.0.0.1:0` (a free port); once ready the server prints `listening on http://ADDR` on stdout,
@@ -27,12 +30,14 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail};
 use codestorage_tests::cgi::{self, Bridge};
 
-const USAGE: &str = "usage: git-cgi-server --root DIR [--listen ADDR] [--home DIR]";
+const USAGE: &str =
+    "usage: git-cgi-server --root DIR [--listen ADDR] [--home DIR] [--basic-auth-file FILE]";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let mut root: Option<PathBuf> = None;
     let mut home: Option<PathBuf> = None;
+    let mut auth_file: Option<PathBuf> = None;
     let mut listen: SocketAddr = "127.0.0.1:0".parse().context("default address")?;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -43,6 +48,7 @@ async fn main() -> Result<()> {
         match arg.as_str() {
             "--root" => root = Some(value()?.into()),
             "--home" => home = Some(value()?.into()),
+            "--basic-auth-file" => auth_file = Some(value()?.into()),
             "--listen" => {
                 let v = value()?;
                 listen = v.parse().with_context(|| format!("bad --listen {v:?}"))?;
@@ -66,6 +72,9 @@ async fn main() -> Result<()> {
         stats: true,
         echo_stderr: true,
     });
+    if let Some(file) = auth_file {
+        bridge.require_basic_auth_check(Some(cgi::basic_auth_file(file)));
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

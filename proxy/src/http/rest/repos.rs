@@ -15,6 +15,7 @@ use crate::http::authz;
 use crate::http::body::Body;
 use crate::http::error::ApiError;
 use crate::time::rfc3339;
+use crate::upstream::github;
 
 #[derive(Debug, Deserialize, Default)]
 struct BaseRepo {
@@ -24,6 +25,36 @@ struct BaseRepo {
     upstream_host: Option<String>,
     default_branch: Option<String>,
     url: Option<String>,
+    auth: Option<BaseAuth>,
+}
+
+/// `base_repo.auth` (compat.md §5.3): `{"auth_type": "public"}` for public GitHub mode.
+#[derive(Debug, Deserialize, Default)]
+struct BaseAuth {
+    auth_type: Option<String>,
+}
+
+impl BaseRepo {
+    /// The provider: as given, else `github` for an `owner`/`name` base (compat.md §5.2), none
+    /// for a bare `url`.
+    fn provider(&self) -> Option<String> {
+        match (&self.provider, &self.url) {
+            (Some(p), _) => Some(p.to_ascii_lowercase()),
+            (None, None) => Some("github".to_owned()),
+            (None, Some(_)) => None,
+        }
+    }
+
+    /// `base_repo.auth.auth_type`, checked.
+    fn auth_type(&self) -> Result<Option<String>, ApiError> {
+        match self.auth.as_ref().and_then(|a| a.auth_type.as_deref()) {
+            None => Ok(None),
+            Some(github::PUBLIC) => Ok(Some(github::PUBLIC.to_owned())),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "base_repo.auth.auth_type {other:?} is not supported (use \"public\", or omit auth)"
+            ))),
+        }
+    }
 }
 
 /// The create-repo body (compat.md §5.5).
@@ -107,8 +138,9 @@ fn valid_host(host: &str) -> bool {
 
 /// The clone URL of a `base_repo`: `https://{host}/{owner}/{name}.git`, where GitLab's owner may
 /// be a nested group path, SourceHut's is `~owner` (`https://git.sr.ht/~owner/name`), and
-/// Bitbucket's is the workspace. An explicit `url` is taken as is (without user-info).
-fn upstream_url(base: &BaseRepo) -> Result<String, ApiError> {
+/// Bitbucket's is the workspace; GitHub repositories come from `github_url` (the `--github-url`
+/// setting) unless the base names a host. An explicit `url` is taken as is (without user-info).
+fn upstream_url(base: &BaseRepo, github_url: &str) -> Result<String, ApiError> {
     if let Some(url) = &base.url {
         if crate::sync::fetch::has_userinfo(url) {
             return Err(ApiError::bad_request(
@@ -155,6 +187,9 @@ fn upstream_url(base: &BaseRepo) -> Result<String, ApiError> {
             let owner = owner.trim_start_matches('~');
             format!("https://{host}/~{owner}/{name}")
         }
+        "github" if base.upstream_host.is_none() => {
+            format!("{}/{owner}/{name}.git", github_url.trim_end_matches('/'))
+        }
         _ => format!("https://{host}/{owner}/{name}.git"),
     })
 }
@@ -178,20 +213,29 @@ pub(super) async fn create(
     }
     let upstream = match &body.base_repo {
         Some(base) => {
-            let url = upstream_url(base)?;
+            let url = upstream_url(base, &app.config.github.url)?;
             crate::sync::fetch::check_url(&url, app.config.allow_http_upstream)
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            Some(UpstreamRecord {
+            let record = UpstreamRecord {
                 url,
-                provider: base.provider.clone(),
+                provider: base.provider(),
                 owner: base.owner.clone(),
                 name: base.name.clone(),
                 upstream_host: base.upstream_host.clone(),
                 default_branch: base.default_branch.clone(),
-            })
+                auth_type: base.auth_type()?,
+            };
+            check_github_mode(app, &record).await?;
+            Some(record)
         }
         None => None,
     };
+    if app.store.repo(name.as_str()).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Repository already exists or already has an upstream configured",
+        ));
+    }
     let default_branch = body
         .base_repo
         .as_ref()
@@ -230,17 +274,59 @@ pub(super) async fn create(
     ))
 }
 
+/// GitHub mirrors: App mode needs the App (412 otherwise); public mode needs the repository to
+/// be readable without credentials, checked now by an anonymous `ls-refs` (400 otherwise).
+async fn check_github_mode(app: &App, upstream: &UpstreamRecord) -> Result<(), ApiError> {
+    if !github::is_github(upstream) {
+        return Ok(());
+    }
+    if !github::is_public(upstream) {
+        if app.credentials.has_github_app() {
+            return Ok(());
+        }
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            github::APP_REQUIRED,
+        ));
+    }
+    let target = crate::upstream::UpstreamTarget {
+        url: upstream.url.clone(),
+        credential: None,
+    };
+    let opts = app.sync.fetch_options();
+    let probe = tokio::task::spawn_blocking(move || {
+        crate::sync::fetch::probe(&target, &opts).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    probe.map_err(|e| {
+        ApiError::bad_request(format!(
+            "the GitHub repository {}/{} is not publicly readable at {} ({e}); \
+             create it without auth_type \"public\" to sync it with the GitHub App",
+            upstream.owner.as_deref().unwrap_or_default(),
+            upstream.name.as_deref().unwrap_or_default(),
+            upstream.url,
+        ))
+    })
+}
+
 fn base_repo_json(repo: &Repo) -> Value {
     match repo.record().upstream {
         None => Value::Null,
-        Some(u) => json!({
-            "provider": u.provider,
-            "owner": u.owner,
-            "name": u.name,
-            "upstream_host": u.upstream_host,
-            "default_branch": u.default_branch,
-            "url": u.url,
-        }),
+        Some(u) => {
+            let mut v = json!({
+                "provider": u.provider,
+                "owner": u.owner,
+                "name": u.name,
+                "upstream_host": u.upstream_host,
+                "default_branch": u.default_branch,
+                "url": u.url,
+            });
+            if let Some(auth_type) = &u.auth_type {
+                v["auth"] = json!({ "auth_type": auth_type });
+            }
+            v
+        }
     }
 }
 
@@ -278,6 +364,15 @@ pub(super) fn show(app: &App, id: &Identity, repo: &Repo) -> Result<Response<Bod
     let mut v = summary(repo);
     let status = app.sync.status(repo);
     v["sync"] = serde_json::to_value(&status).unwrap_or(Value::Null);
+    if repo
+        .record()
+        .upstream
+        .as_ref()
+        .is_some_and(github::is_public)
+    {
+        v["sync"]["diverged_refs"] =
+            serde_json::to_value(crate::sync::public::diverged(repo)).unwrap_or(Value::Null);
+    }
     Ok(json_response(StatusCode::OK, v))
 }
 
@@ -437,7 +532,21 @@ mod tests {
     }
 
     fn url(b: BaseRepo) -> Result<String, String> {
-        upstream_url(&b).map_err(|e| e.message)
+        upstream_url(&b, "https://github.com").map_err(|e| e.message)
+    }
+
+    #[test]
+    fn github_repositories_come_from_the_github_url() {
+        let b = || base("github", "octo", "app", None);
+        assert_eq!(
+            upstream_url(&b(), "http://127.0.0.1:9/").map_err(|e| e.message),
+            Ok("http://127.0.0.1:9/octo/app.git".into())
+        );
+        assert_eq!(
+            url(base("github", "octo", "app", Some("ghe.example.com"))).as_deref(),
+            Ok("https://ghe.example.com/octo/app.git"),
+            "an explicit host wins"
+        );
     }
 
     #[test]
