@@ -64,13 +64,19 @@ fn call(w: &World, method: &str, path: &str, body: &Value, status: u16) -> Value
     serde_json::from_slice(&resp.body).unwrap_or(Value::Null)
 }
 
-/// Branch names of a `GET …/branches` answer, with their `head_sha`.
+/// Branch names of a `GET …/branches` answer, with their `head_sha`. Every entry also carries
+/// the SDK's required `created_at` (RFC 3339, UTC).
 fn branch_list(v: &Value) -> BTreeMap<String, String> {
     v["branches"]
         .as_array()
         .unwrap_or_else(|| panic!("no branches array in {v}"))
         .iter()
         .map(|b| {
+            let created = b["created_at"].as_str().unwrap_or_default();
+            assert!(
+                created.len() == 20 && created.ends_with('Z') && created.as_bytes()[10] == b'T',
+                "created_at of {b}"
+            );
             (
                 b["name"].as_str().expect("name").to_owned(),
                 b["head_sha"].as_str().expect("head_sha").to_owned(),

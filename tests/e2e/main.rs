@@ -83,3 +83,7 @@ mod github;
 /// trigger syncs of matching mirrors; bad or missing signatures are 401 and change nothing;
 /// duplicates and bursts sync once; the webhook-to-served lag.
 mod forge_webhooks;
+
+/// The official Python SDK (`pierre-storage`) drives a GitHub mirror over TLS end to end:
+/// remote URLs, ephemeral pushes, branches, promotion, pull-upstream, credentials, webhooks.
+mod sdk;

@@ -7,9 +7,11 @@
 
 use std::sync::Arc;
 
+use codestorage_store::objects::parse_commit;
 use codestorage_store::{
-    Expect, Namespace, ObjectId, RefUpdate, RefValue, Repo, Transaction, refs,
+    Expect, Namespace, ObjectId, ObjectReader, RefUpdate, RefValue, Repo, Transaction, refs,
 };
+use gix_object::Kind;
 use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -22,6 +24,7 @@ use crate::http::authz;
 use crate::http::body::Body;
 use crate::http::error::ApiError;
 use crate::protocol::receive_pack::RefStatus;
+use crate::time::rfc3339;
 use crate::upstream::push::PushUpdate;
 use crate::webhooks::RefMove;
 
@@ -49,6 +52,25 @@ fn branch_ref(name: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A branch's `created_at`: the committer date of the commit it points at, which is what git
+/// itself calls a branch's `creatordate` (git keeps no creation time for refs). Falls back to
+/// the repository's creation time when the head cannot be read as a commit.
+fn branch_time(reader: &mut ObjectReader, head: &ObjectId, fallback: u64) -> String {
+    let from_graph = reader
+        .graph()
+        .and_then(|g| g.lookup(head))
+        .map(|e| e.commit_time);
+    let time = from_graph.or_else(|| {
+        let mut buf = Vec::new();
+        match reader.find(head, &mut buf) {
+            Ok(Some((Kind::Commit, data))) => parse_commit(data).map(|c| c.time),
+            _ => None,
+        }
+    });
+    let secs = time.and_then(|t| u64::try_from(t).ok()).unwrap_or(fallback);
+    rfc3339(secs)
+}
+
 fn short(full: &str) -> &str {
     full.strip_prefix("refs/heads/").unwrap_or(full)
 }
@@ -65,7 +87,8 @@ pub(super) fn list(
     let ephemeral = call.flag("ephemeral");
     let limit = call.limit(20, 100)?;
     let cursor = call.query("cursor");
-    let table = repo.view().refs(ns_of(ephemeral));
+    let view = repo.view();
+    let table = view.refs(ns_of(ephemeral));
     let mut branches: Vec<(&str, ObjectId)> = table
         .iter()
         .filter_map(|(n, v)| Some((n.strip_prefix("refs/heads/")?, v.id()?)))
@@ -78,10 +101,17 @@ pub(super) fn list(
     } else {
         None
     };
+    let mut reader = view.reader();
+    let fallback = repo.record().created_at;
     Ok(json_response(
         StatusCode::OK,
         json!({
-            "branches": branches.iter().map(|(n, id)| json!({"cursor": n, "name": n, "head_sha": id.to_string()})).collect::<Vec<_>>(),
+            "branches": branches.iter().map(|(n, id)| json!({
+                "cursor": n,
+                "name": n,
+                "head_sha": id.to_string(),
+                "created_at": branch_time(&mut reader, id, fallback),
+            })).collect::<Vec<_>>(),
             "next_cursor": next_cursor,
             "has_more": has_more,
             "ephemeral": ephemeral,
