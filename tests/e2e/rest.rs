@@ -67,6 +67,61 @@ fn created_repos_are_listed() {
 }
 
 #[test]
+fn repo_lists_page_by_cursor_filter_by_q_and_refuse_bad_limits() {
+    let w = World::new();
+    let names = ["alpha", "beta", "gamma", "team/alpha-2", "team/delta"];
+    for name in names {
+        w.server.create_local(name);
+    }
+    let get = |path: &str| {
+        let resp = w.server.request("GET", path, None, &[]);
+        assert_eq!(resp.status, 200, "GET {path}: {}", resp.describe());
+        resp.json()
+    };
+
+    // Pages of two, in name order, joined by next_cursor; the last page says has_more: false.
+    let mut seen = Vec::new();
+    let mut path = "/api/repos?limit=2".to_owned();
+    for page in 0.. {
+        assert!(page < 5, "pagination does not end: {seen:?}");
+        let list = get(&path);
+        let listed = Server::listed_names(&list);
+        assert!(listed.len() <= 2, "limit 2: {list}");
+        seen.extend(listed);
+        if list["has_more"] == json!(false) {
+            assert!(
+                list["next_cursor"].is_null(),
+                "no cursor on the last page: {list}"
+            );
+            break;
+        }
+        let cursor = list["next_cursor"]
+            .as_str()
+            .expect("next_cursor")
+            .replace('/', "%2F");
+        path = format!("/api/repos?limit=2&cursor={cursor}");
+    }
+    assert_eq!(seen, names, "every repository once, in order");
+
+    // q is a substring of the name.
+    let alphas = Server::listed_names(&get("/api/repos?q=alpha"));
+    assert_eq!(alphas, ["alpha", "team/alpha-2"]);
+    assert!(Server::listed_names(&get("/api/repos?q=nothing-like-it")).is_empty());
+
+    for bad in ["0", "101", "ten"] {
+        let resp = w
+            .server
+            .request("GET", &format!("/api/repos?limit={bad}"), None, &[]);
+        assert_eq!(resp.status, 400, "limit={bad}: {}", resp.describe());
+        assert!(
+            resp.json()["error"].is_string(),
+            "JSON error: {}",
+            resp.describe()
+        );
+    }
+}
+
+#[test]
 fn pull_upstream_on_a_mirror_is_202_and_runs_a_sync() {
     let w = World::new();
     let seed = seed_repo(&w.git, &w.upstream, "repo");
