@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::support::git::hermetic_env;
 use crate::support::jwt::Signer;
-use crate::support::{Git, Server, Upstream, run_command, seed_repo, wait_until};
+use crate::support::{Git, Server, Upstream, run_command, seed_repo};
 
 /// The Python interpreter that has `pierre_storage`, or `None` when the test is to be skipped.
 fn sdk_python() -> Option<PathBuf> {
@@ -40,25 +40,6 @@ fn sdk_python() -> Option<PathBuf> {
     Some(python)
 }
 
-/// The `listening on https://ADDR` and `tls ca certificate: PATH` lines of `server`.
-fn tls_endpoint(server: &Server) -> (String, PathBuf) {
-    wait_until(Duration::from_secs(10), "the TLS lines", || {
-        let out = server.stdout();
-        let addr = out
-            .lines()
-            .find_map(|l| l.split("listening on https://").nth(1))?
-            .trim()
-            .trim_end_matches('/')
-            .to_owned();
-        let ca = out
-            .lines()
-            .find_map(|l| l.split("tls ca certificate: ").nth(1))?
-            .trim()
-            .to_owned();
-        Some((addr, PathBuf::from(ca)))
-    })
-}
-
 #[test]
 fn the_python_sdk_drives_git_sync_end_to_end() {
     let Some(python) = sdk_python() else { return };
@@ -72,7 +53,7 @@ fn the_python_sdk_drives_git_sync_end_to_end() {
         .arg("--github-url")
         .arg(upstream.base())
         .start();
-    let (storage, ca) = tls_endpoint(&server);
+    let (storage, ca) = server.tls_endpoint();
     let signer = Signer::from_data_dir(server.data_dir());
     let scratch = tempfile::tempdir().expect("scratch");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sdk/sdk_e2e.py");

@@ -3,40 +3,14 @@
 //! after the http line, and serves git (and REST) over https to clients that trust that CA
 //! (`GIT_SSL_CAINFO`), while plain http keeps working on `--listen`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use crate::auth::{commit_detached, local_repo, ls_remote_map, served};
 use crate::support::git::hermetic_env;
-use crate::support::{COMMAND_TIMEOUT, Server, World, run_command, wait_until};
+use crate::support::{COMMAND_TIMEOUT, Server, World, run_command};
 
 /// The https address and CA path a TLS server printed (the last ones, after restarts).
-#[track_caller]
-fn tls_endpoint(server: &Server) -> (String, PathBuf) {
-    wait_until(
-        Duration::from_secs(10),
-        "the `listening on https://` and `tls ca certificate:` lines",
-        || {
-            let out = server.stdout();
-            let start = out.rfind("listening on http://")?;
-            let out = &out[start..];
-            let addr = out
-                .lines()
-                .find_map(|l| l.split("listening on https://").nth(1))?
-                .trim()
-                .trim_end_matches('/')
-                .to_owned();
-            let ca = out
-                .lines()
-                .find_map(|l| l.split("tls ca certificate: ").nth(1))?
-                .trim()
-                .to_owned();
-            Some((addr, PathBuf::from(ca)))
-        },
-    )
-}
-
 fn tls_server() -> World {
     World::with_server(
         Server::builder()
@@ -79,7 +53,7 @@ fn which_curl() -> Option<()> {
 #[test]
 fn clone_and_push_over_https_with_the_self_signed_ca_and_plain_http_still_works() {
     let mut w = tls_server();
-    let (addr, ca) = tls_endpoint(&w.server);
+    let (addr, ca) = w.server.tls_endpoint();
     assert_eq!(
         ca,
         w.server.data_dir().join("tls/ca.pem"),
@@ -172,7 +146,7 @@ fn clone_and_push_over_https_with_the_self_signed_ca_and_plain_http_still_works(
     // A restart keeps the CA: clients configured with it keep working.
     let ca_pem = std::fs::read(&ca).expect("read ca.pem");
     w.server.restart();
-    let (addr2, ca2) = tls_endpoint(&w.server);
+    let (addr2, ca2) = w.server.tls_endpoint();
     assert_eq!(ca2, ca, "same CA path after a restart");
     assert_eq!(
         std::fs::read(&ca2).expect("read ca.pem"),

@@ -38,21 +38,7 @@ fn respond(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 fn form_payload(body: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(body).ok()?;
     let value = text.split('&').find_map(|kv| kv.strip_prefix("payload="))?;
-    let value = value.replace('+', " ");
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(out)
+    super::rest::percent_decode(&value.replace('+', " ")).map(String::into_bytes)
 }
 
 /// Handle a request to `/webhooks/…`.

@@ -302,12 +302,35 @@ fn upstream(step: &'static str) -> impl FnOnce(gix_error::Error) -> SyncError {
     move |source| SyncError::Upstream { step, source }
 }
 
-/// Check that `target` answers an upload-pack handshake (with `ls-refs` under protocol v2):
-/// how a public-mode mirror's upstream is shown to be readable without credentials.
-pub fn probe(target: &UpstreamTarget, opts: &FetchOptions) -> Result<(), SyncError> {
+/// A protocol-v2 HTTP transport to `target` (its URL checked against the outbound policy),
+/// configured with `opts` and presenting `target`'s credential, if any.
+fn connect(
+    target: &UpstreamTarget,
+    opts: &FetchOptions,
+) -> Result<http::Transport<http::reqwest::Remote>, SyncError> {
+    use gix_transport::client::TransportWithoutIO as _;
     let parsed = check_url(&target.url, opts.allow_http)?;
     let mut transport = http::connect::<http::reqwest::Remote>(parsed, Protocol::V2, false);
     configure(&mut transport, opts)?;
+    if let Some(c) = &target.credential {
+        transport
+            .set_identity(gix_sec::identity::Account {
+                username: c.username.clone(),
+                password: c.password.expose().to_owned(),
+                oauth_refresh_token: None,
+            })
+            .map_err(|e| SyncError::Upstream {
+                step: "credentials",
+                source: gix_error::Error::from_error(e),
+            })?;
+    }
+    Ok(transport)
+}
+
+/// Check that `target` answers an upload-pack handshake (with `ls-refs` under protocol v2):
+/// how a public-mode mirror's upstream is shown to be readable without credentials.
+pub fn probe(target: &UpstreamTarget, opts: &FetchOptions) -> Result<(), SyncError> {
+    let mut transport = connect(target, opts)?;
     let mut progress = gix_utils::progress::Discard;
     let hs = gix_protocol::handshake(
         &mut transport,
@@ -335,22 +358,7 @@ pub fn run(
     opts: &FetchOptions,
     interrupt: &AtomicBool,
 ) -> Result<Fetched, SyncError> {
-    use gix_transport::client::TransportWithoutIO as _;
-    let parsed = check_url(&target.url, opts.allow_http)?;
-    let mut transport = http::connect::<http::reqwest::Remote>(parsed, Protocol::V2, false);
-    configure(&mut transport, opts)?;
-    if let Some(c) = &target.credential {
-        transport
-            .set_identity(gix_sec::identity::Account {
-                username: c.username.clone(),
-                password: c.password.expose().to_owned(),
-                oauth_refresh_token: None,
-            })
-            .map_err(|e| SyncError::Upstream {
-                step: "credentials",
-                source: gix_error::Error::from_error(e),
-            })?;
-    }
+    let mut transport = connect(target, opts)?;
     let mut progress = gix_utils::progress::Discard;
     let hs = gix_protocol::handshake(
         &mut transport,

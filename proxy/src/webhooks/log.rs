@@ -60,25 +60,18 @@ pub struct DeliveryLog {
     lines: Mutex<HashMap<String, usize>>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WebhookError + '_ {
-    move |source| WebhookError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 fn read_lines(path: &Path) -> Result<Vec<String>, WebhookError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io(path)(e)),
+        Err(e) => Err(WebhookError::io(path)(e)),
     }
 }
 
 impl DeliveryLog {
     /// The logs under `dir` (created if missing).
     pub fn open(dir: &Path) -> Result<DeliveryLog, WebhookError> {
-        fsutil::create_dir_all_durable(dir).map_err(io(dir))?;
+        fsutil::create_dir_all_durable(dir).map_err(WebhookError::io(dir))?;
         Ok(DeliveryLog {
             dir: dir.to_owned(),
             lines: Mutex::new(HashMap::new()),
@@ -105,7 +98,7 @@ impl DeliveryLog {
                 let text = match std::fs::read(&path) {
                     Ok(t) => t,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                    Err(e) => return Err(io(&path)(e)),
+                    Err(e) => return Err(WebhookError::io(&path)(e)),
                 };
                 if text.last().is_some_and(|b| *b != b'\n') {
                     line.insert(0, '\n');
@@ -119,9 +112,10 @@ impl DeliveryLog {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(io(&path))?;
-        f.write_all(line.as_bytes()).map_err(io(&path))?;
-        f.sync_data().map_err(io(&path))?;
+            .map_err(WebhookError::io(&path))?;
+        f.write_all(line.as_bytes())
+            .map_err(WebhookError::io(&path))?;
+        f.sync_data().map_err(WebhookError::io(&path))?;
         drop(f);
         let mut count = count + 1;
         if count > 2 * KEEP {
@@ -129,7 +123,7 @@ impl DeliveryLog {
             let kept = &all[all.len().saturating_sub(KEEP)..];
             let mut text = kept.join("\n");
             text.push('\n');
-            fsutil::atomic_write(&path, text.as_bytes()).map_err(io(&path))?;
+            fsutil::atomic_write(&path, text.as_bytes()).map_err(WebhookError::io(&path))?;
             count = kept.len();
         }
         lines.insert(sub.to_owned(), count);
@@ -156,7 +150,7 @@ impl DeliveryLog {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&path)(e)),
+            Err(e) => Err(WebhookError::io(&path)(e)),
         }
     }
 }

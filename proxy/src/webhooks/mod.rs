@@ -111,6 +111,16 @@ pub enum WebhookError {
     Task(String),
 }
 
+impl WebhookError {
+    /// A mapper of a file operation's error on `path`.
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WebhookError + '_ {
+        move |source| WebhookError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Why a subscription is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {

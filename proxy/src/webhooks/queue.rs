@@ -84,21 +84,14 @@ pub struct Queue {
     state: Mutex<State>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WebhookError + '_ {
-    move |source| WebhookError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 impl Queue {
     /// Load the pending deliveries under `dir` (created if missing). Temp files of interrupted
     /// writes are removed; a file that does not parse is renamed `*.bad` and reported.
     pub fn open(dir: &Path) -> Result<Queue, WebhookError> {
-        fsutil::create_dir_all_durable(dir).map_err(io(dir))?;
+        fsutil::create_dir_all_durable(dir).map_err(WebhookError::io(dir))?;
         let mut state = State::default();
-        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
+        for entry in std::fs::read_dir(dir).map_err(WebhookError::io(dir))? {
+            let path = entry.map_err(WebhookError::io(dir))?.path();
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -111,7 +104,7 @@ impl Queue {
             if !name.ends_with(".json") {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            let bytes = std::fs::read(&path).map_err(WebhookError::io(&path))?;
             match serde_json::from_slice::<Delivery>(&bytes) {
                 Ok(d) => state.add(d),
                 Err(e) => {
@@ -157,7 +150,7 @@ impl Queue {
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.map_err(io(&path))
+        result.map_err(WebhookError::io(&path))
     }
 
     /// Queue `deliveries` durably (every file and the directory fsynced), then schedule them.
@@ -168,7 +161,7 @@ impl Queue {
         for d in &deliveries {
             self.write(d)?;
         }
-        fsutil::fsync_dir(&self.dir).map_err(io(&self.dir))?;
+        fsutil::fsync_dir(&self.dir).map_err(WebhookError::io(&self.dir))?;
         let mut state = self.state();
         for d in deliveries {
             state.add(d);
@@ -212,7 +205,7 @@ impl Queue {
                 path: path.clone(),
                 reason: e.to_string(),
             })
-            .and_then(|json| fsutil::atomic_write(&path, &json).map_err(io(&path)));
+            .and_then(|json| fsutil::atomic_write(&path, &json).map_err(WebhookError::io(&path)));
         let mut state = self.state();
         if let Some(old) = state.items.get(&d.id) {
             let old_key = (old.next_at_ms, old.id.clone());
@@ -234,10 +227,10 @@ impl Queue {
         let removed = match std::fs::remove_file(&path) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => return Err(io(&path)(e)),
+            Err(e) => return Err(WebhookError::io(&path)(e)),
         };
         if removed {
-            fsutil::fsync_dir(&self.dir).map_err(io(&self.dir))?;
+            fsutil::fsync_dir(&self.dir).map_err(WebhookError::io(&self.dir))?;
         }
         self.state().forget(id);
         Ok(())
@@ -257,12 +250,12 @@ impl Queue {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&path)(e)),
+                Err(e) => return Err(WebhookError::io(&path)(e)),
             }
             self.state().forget(id);
         }
         if !ids.is_empty() {
-            fsutil::fsync_dir(&self.dir).map_err(io(&self.dir))?;
+            fsutil::fsync_dir(&self.dir).map_err(WebhookError::io(&self.dir))?;
         }
         Ok(())
     }

@@ -49,21 +49,14 @@ pub struct Subscriptions {
     by_id: RwLock<BTreeMap<String, Subscription>>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WebhookError + '_ {
-    move |source| WebhookError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 impl Subscriptions {
     /// Load every subscription under `dir` (created if missing). Temp files of an interrupted
     /// write are removed; a file that does not parse stops the start (it is durable truth).
     pub fn open(dir: &Path) -> Result<Subscriptions, WebhookError> {
-        fsutil::create_dir_all_durable(dir).map_err(io(dir))?;
+        fsutil::create_dir_all_durable(dir).map_err(WebhookError::io(dir))?;
         let mut by_id = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
+        for entry in std::fs::read_dir(dir).map_err(WebhookError::io(dir))? {
+            let path = entry.map_err(WebhookError::io(dir))?.path();
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -75,7 +68,7 @@ impl Subscriptions {
             if !name.ends_with(".json") {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            let bytes = std::fs::read(&path).map_err(WebhookError::io(&path))?;
             let sub: Subscription =
                 serde_json::from_slice(&bytes).map_err(|e| WebhookError::Corrupt {
                     path: path.clone(),
@@ -100,7 +93,7 @@ impl Subscriptions {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        fsutil::atomic_write(&path, &json).map_err(io(&path))?;
+        fsutil::atomic_write(&path, &json).map_err(WebhookError::io(&path))?;
         if let Ok(mut m) = self.by_id.write() {
             m.insert(sub.id.clone(), sub);
         }
@@ -116,9 +109,9 @@ impl Subscriptions {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&path)(e)),
+            Err(e) => return Err(WebhookError::io(&path)(e)),
         }
-        fsutil::fsync_dir(&self.dir).map_err(io(&self.dir))?;
+        fsutil::fsync_dir(&self.dir).map_err(WebhookError::io(&self.dir))?;
         if let Ok(mut m) = self.by_id.write() {
             m.remove(id);
         }

@@ -226,6 +226,33 @@ impl Server {
         &self.data
     }
 
+    /// The address (`host:port`) and CA certificate file of the TLS listener, from the latest
+    /// `listening on https://` and `tls ca certificate:` lines (after a restart, the new ones).
+    #[track_caller]
+    pub fn tls_endpoint(&self) -> (String, PathBuf) {
+        wait_until(
+            Duration::from_secs(10),
+            "the `listening on https://` and `tls ca certificate:` lines",
+            || {
+                let out = self.stdout();
+                let start = out.rfind("listening on http://")?;
+                let out = &out[start..];
+                let addr = out
+                    .lines()
+                    .find_map(|l| l.split("listening on https://").nth(1))?
+                    .trim()
+                    .trim_end_matches('/')
+                    .to_owned();
+                let ca = out
+                    .lines()
+                    .find_map(|l| l.split("tls ca certificate: ").nth(1))?
+                    .trim()
+                    .to_owned();
+                Some((addr, PathBuf::from(ca)))
+            },
+        )
+    }
+
     /// Everything the server printed on stdout so far, across restarts (the `listening on`
     /// lines, e.g. the https address and the CA path of `--tls-self-signed`).
     pub fn stdout(&self) -> String {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use codestorage_store::{Namespace, ObjectId, RefValue, Repo, RepoName, StoreError};
+use codestorage_store::{Namespace, ObjectId, RefValue, Repo, RepoName};
 use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -202,14 +202,7 @@ pub(super) async fn create(
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(|e| match e {
-        StoreError::RepoExists(_) => ApiError::new(
-            StatusCode::CONFLICT,
-            "Repository already exists or already has an upstream configured",
-        ),
-        StoreError::Invalid(m) => ApiError::bad_request(m),
-        other => ApiError::internal(other),
-    })?;
+    .map_err(super::repos::create_error)?;
     tracing::info!(repo = %name, from = %source_name, who = %id.who(), "repository forked");
     Ok(json_response(
         StatusCode::CREATED,

@@ -42,7 +42,7 @@ pub(super) fn json_response(status: StatusCode, value: Value) -> Response<Body> 
 }
 
 /// Decode `%XX` escapes (names may arrive as `owner%2Fname`).
-pub(super) fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -252,14 +252,7 @@ pub(super) async fn create(
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(|e| match e {
-        StoreError::RepoExists(_) => ApiError::new(
-            StatusCode::CONFLICT,
-            "Repository already exists or already has an upstream configured",
-        ),
-        StoreError::Invalid(m) => ApiError::bad_request(m),
-        other => ApiError::internal(other),
-    })?;
+    .map_err(create_error)?;
     let record = repo.record();
     tracing::info!(repo = %record.name, mirror = is_mirror, who = %id.who(), "repository created");
     if is_mirror {
@@ -434,6 +427,19 @@ pub(super) async fn delete(
         StatusCode::OK,
         json!({ "message": "Repository deleted", "repo_id": name }),
     ))
+}
+
+/// The answer to a failed repository creation (plain, mirror or fork): 409 for a name in use,
+/// 400 for what the store refuses as invalid, 500 otherwise.
+pub(super) fn create_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::RepoExists(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "Repository already exists or already has an upstream configured",
+        ),
+        StoreError::Invalid(m) => ApiError::bad_request(m),
+        other => ApiError::internal(other),
+    }
 }
 
 /// The pull-upstream body (all optional).
