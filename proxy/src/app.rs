@@ -150,20 +150,21 @@ impl App {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let auth = Arc::new(Authenticator::load(&config.data_dir, issuers)?);
         let secrets = Arc::new(SecretBox::open_dir(&config.data_dir)?);
+        let roots = match &config.upstream_ca_file {
+            Some(path) => upstream_roots(path)?,
+            None => Vec::new(),
+        };
         let github_app = match &config.github.app {
             Some(app) => Some(Arc::new(crate::upstream::github::GithubApp::load(
                 &config.github.api_url,
                 app,
+                &roots,
             )?)),
             None => None,
         };
         let credentials =
             Arc::new(CredentialSource::new(secrets.clone()).with_github_app(github_app));
         let interrupt = Arc::new(AtomicBool::new(false));
-        let roots = match &config.upstream_ca_file {
-            Some(path) => upstream_roots(path)?,
-            None => Vec::new(),
-        };
         let upstream =
             crate::upstream::UpstreamClient::with_roots(Duration::from_secs(300), &roots)?;
         let mut fetch = crate::sync::fetch::FetchOptions::new(config.allow_http_upstream);

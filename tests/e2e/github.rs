@@ -49,12 +49,21 @@ struct AppWorld {
 }
 
 fn app_world() -> AppWorld {
+    app_world_with(FakeGithub::start, |b, _| b)
+}
+
+/// [`app_world`] with the fake API started by `start` and more server arguments from `more`.
+fn app_world_with(
+    start: impl FnOnce(&str, &str) -> FakeGithub,
+    more: impl FnOnce(ServerBuilder, &FakeGithub) -> ServerBuilder,
+) -> AppWorld {
     let key = AppKey::generate();
-    let github = FakeGithub::start(APP_ID, &key.public_pem);
+    let github = start(APP_ID, &key.public_pem);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let w = github_world(|b, upstream| {
         upstream.require_basic_auth_check(Some(github.token_check(seen.clone())));
-        b.arg("--github-api-url")
+        more(b, &github)
+            .arg("--github-api-url")
             .arg(github.api_url())
             .arg("--github-app-id")
             .arg(APP_ID)
@@ -190,6 +199,75 @@ fn app_mode_syncs_and_forwards_pushes_with_one_cached_installation_token() {
         !logs.contains(&minted[0].token),
         "the token never reaches the server's logs"
     );
+}
+
+#[test]
+fn app_mode_works_with_a_github_enterprise_api_behind_an_internal_ca_and_webhooks_wake_it() {
+    const SECRET: &str = "enterprise-hook-secret";
+    let a = app_world_with(FakeGithub::start_tls, |b, github| {
+        let ca = github.ca_file().expect("the API's CA");
+        b.arg("--upstream-ca-file")
+            .arg(ca.to_str().expect("utf-8 path"))
+            .arg("--github-webhook-secret")
+            .arg(SECRET)
+    });
+    let w = &a.w;
+    assert!(a.github.api_url().starts_with("https://"));
+    let seed = seed_repo(&w.git, &w.upstream, "acme/gear");
+    a.github.install("acme/gear", 78, Duration::from_secs(3600));
+    let resp = create_github(&w.server, "gear", "acme/gear", json!({}));
+    assert_eq!(resp.status, 201, "create: {}", resp.describe());
+    w.server.wait_synced("gear");
+    assert_mirrors(
+        w,
+        "gear",
+        &seed.bare,
+        "synced with a token from the https API",
+    );
+    assert_eq!(a.github.minted().len(), 1, "{:?}", a.github.minted());
+
+    // An App-mode mirror is woken by a signed push webhook like any other.
+    let before = w.git.rev_parse(&seed.bare, "refs/heads/main");
+    let after = upstream_commit(w, &seed, "hooked.txt");
+    let resp = crate::support::forge::send_github(
+        &w.server,
+        SECRET,
+        "push",
+        &crate::support::forge::delivery_id(),
+        &crate::support::forge::github_push("acme/gear", "main", &before, &after),
+    );
+    assert_eq!(resp.status, 202, "push webhook: {}", resp.describe());
+    assert_eq!(resp.json()["matched"], 1, "{}", resp.describe());
+    wait_until(
+        Duration::from_secs(30),
+        "the pushed commit to be served",
+        || {
+            let refs = w.git.ls_remote(&w.server.git_url("gear"));
+            let wanted = format!("{after}\trefs/heads/main");
+            refs.lines().any(|l| l == wanted).then_some(())
+        },
+    );
+}
+
+#[test]
+fn without_the_internal_ca_the_enterprise_api_is_not_trusted_and_the_sync_says_so() {
+    let a = app_world_with(FakeGithub::start_tls, |b, _| b);
+    let w = &a.w;
+    seed_repo(&w.git, &w.upstream, "acme/gear");
+    a.github.install("acme/gear", 78, Duration::from_secs(3600));
+    let resp = create_github(&w.server, "gear", "acme/gear", json!({}));
+    assert_eq!(resp.status, 201, "create: {}", resp.describe());
+    let err = wait_until(Duration::from_secs(60), "the first sync to fail", || {
+        let s = w.server.sync_state("gear");
+        (!s.in_progress && s.run_count > 0).then_some(s.last_error)
+    })
+    .expect("the sync failed");
+    assert!(
+        err.contains("GitHub"),
+        "the error names the GitHub API: {err}"
+    );
+    assert!(a.github.minted().is_empty(), "no token minted");
+    assert_eq!(w.upstream.requests(), 0, "nothing reached the upstream");
 }
 
 #[test]

@@ -261,7 +261,13 @@ struct ApiMessage {
 
 impl GithubApp {
     /// The App of `settings`, with its key loaded; `api_url` is the REST API base.
-    pub fn load(api_url: &str, settings: &AppSettings) -> Result<GithubApp, GithubError> {
+    /// The API client trusts `roots` besides the system's (`--upstream-ca-file`: a GitHub
+    /// Enterprise host behind an internal CA).
+    pub fn load(
+        api_url: &str,
+        settings: &AppSettings,
+        roots: &[reqwest::Certificate],
+    ) -> Result<GithubApp, GithubError> {
         let key_err = |message: String| GithubError::Key {
             path: settings.key_file.clone(),
             message,
@@ -272,27 +278,30 @@ impl GithubApp {
                 "not an RSA private key in PEM (BEGIN RSA PRIVATE KEY or BEGIN PRIVATE KEY)".into(),
             )
         })?;
-        GithubApp::with_key(api_url, &settings.app_id, key)
+        GithubApp::with_key(api_url, &settings.app_id, key, roots)
     }
 
     fn with_key(
         api_url: &str,
         app_id: &str,
         key: jsonwebtoken::EncodingKey,
+        roots: &[reqwest::Certificate],
     ) -> Result<GithubApp, GithubError> {
         let app_id = app_id.trim();
         if app_id.is_empty() || app_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(GithubError::AppId(app_id.to_owned()));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(API_TIMEOUT)
-            .user_agent(format!("codestorage/{}", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| GithubError::Unreachable {
-                step: "client",
-                message: e.to_string(),
-            })?;
+            .user_agent(format!("codestorage/{}", env!("CARGO_PKG_VERSION")));
+        if !roots.is_empty() {
+            builder = builder.tls_certs_merge(roots.iter().cloned());
+        }
+        let http = builder.build().map_err(|e| GithubError::Unreachable {
+            step: "client",
+            message: e.to_string(),
+        })?;
         let app = GithubApp {
             api_url: api_url.trim_end_matches('/').to_owned(),
             app_id: app_id.to_owned(),
@@ -550,6 +559,7 @@ mod tests {
                 app_id: "4242".into(),
                 key_file,
             },
+            &[],
         )
         .expect("loads a PKCS#8 key");
         assert_eq!(app.api_url, "https://api.github.com");
@@ -584,6 +594,7 @@ mod tests {
                 app_id: "1".into(),
                 key_file: path,
             },
+            &[],
         )
         .expect_err("refused");
         assert!(matches!(err, GithubError::Key { .. }), "{err}");

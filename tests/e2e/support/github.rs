@@ -179,6 +179,9 @@ struct State {
 /// The fake API server.
 pub struct FakeGithub {
     addr: SocketAddr,
+    /// The CA of its https certificate (`None`: plain http).
+    ca_file: Option<std::path::PathBuf>,
+    _tls_dir: Option<tempfile::TempDir>,
     app_id: String,
     state: Arc<Mutex<State>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -187,6 +190,21 @@ pub struct FakeGithub {
 impl FakeGithub {
     /// Starts the API for App `app_id` whose public key is `public_pem`.
     pub fn start(app_id: &str, public_pem: &str) -> FakeGithub {
+        FakeGithub::start_with(app_id, public_pem, false)
+    }
+
+    /// [`FakeGithub::start`], serving https with a certificate from its own CA (a GitHub
+    /// Enterprise host behind an internal CA): see [`FakeGithub::ca_file`].
+    pub fn start_tls(app_id: &str, public_pem: &str) -> FakeGithub {
+        FakeGithub::start_with(app_id, public_pem, true)
+    }
+
+    fn start_with(app_id: &str, public_pem: &str, tls: bool) -> FakeGithub {
+        let tls_dir = tls.then(|| tempfile::tempdir().expect("a directory for the API's CA"));
+        let tls = tls_dir
+            .as_ref()
+            .map(|dir| super::upstream::tls_setup(dir.path()));
+        let acceptor = tls.as_ref().map(|(acceptor, _)| acceptor.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fake-github")
@@ -210,28 +228,46 @@ impl FakeGithub {
                     continue;
                 };
                 let ctx = ctx.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let ctx = ctx.clone();
                         async move { Ok::<_, Infallible>(ctx.handle(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match acceptor {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => http.serve_connection(TokioIo::new(tls), service).await,
+                            Err(_) => return,
+                        },
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                    };
                 });
             }
         });
         FakeGithub {
             addr,
+            ca_file: tls.map(|(_, ca)| ca),
+            _tls_dir: tls_dir,
             app_id: app_id.to_owned(),
             state,
             runtime: Some(runtime),
         }
     }
 
-    /// `http://127.0.0.1:<port>`: what `--github-api-url` gets.
+    /// `http(s)://127.0.0.1:<port>`: what `--github-api-url` gets.
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The PEM file of the CA behind its https certificate (started with `start_tls`).
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
     }
 
     pub fn app_id(&self) -> &str {

@@ -241,7 +241,7 @@ impl Drop for Upstream {
 
 /// A CA and a server certificate for `127.0.0.1`/`localhost` signed by it: the acceptor, and
 /// the CA's PEM file (written into `dir`).
-fn tls_setup(dir: &Path) -> (tokio_rustls::TlsAcceptor, PathBuf) {
+pub(super) fn tls_setup(dir: &Path) -> (tokio_rustls::TlsAcceptor, PathBuf) {
     let mut ca_params =
         rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA certificate parameters");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
