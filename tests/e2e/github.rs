@@ -460,6 +460,13 @@ fn public_mode_keeps_pushes_local_and_never_overwrites_a_diverged_ref() {
         "{record}"
     );
     assert_mirrors(&w, "open", &seed.bare, "after the first sync");
+    let receiver = crate::support::receiver::Receiver::start();
+    let resp = w.server.request_json(
+        "POST",
+        "/api/v1/webhooks",
+        &json!({ "url": receiver.url("/hook"), "events": ["repo.sync.failed"] }),
+    );
+    assert_eq!(resp.status, 201, "subscribe: {}", resp.describe());
 
     // Pushes stay here.
     let upstream_before = w.git.refs(&seed.bare);
@@ -520,6 +527,14 @@ fn public_mode_keeps_pushes_local_and_never_overwrites_a_diverged_ref() {
     assert_eq!(diverged[0]["ref"], "refs/heads/main", "{record}");
     assert_eq!(diverged[0]["local"], ours.as_str(), "{record}");
     assert_eq!(diverged[0]["upstream"], theirs.as_str(), "{record}");
+    let failed = receiver.wait_for(1, Duration::from_secs(30));
+    let payload = failed[0].json();
+    assert_eq!(failed[0].event(), "repo.sync.failed", "{payload}");
+    let error = payload["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("diverged") && error.contains("refs/heads/main"),
+        "repo.sync.failed reports the divergence: {payload}"
+    );
 
     let check = w.git.unique_path("check");
     w.git
