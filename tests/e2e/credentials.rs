@@ -806,3 +806,47 @@ fn detach_refuses_callers_without_git_write() {
     assert!(record["base_repo"].is_object(), "still a mirror: {record}");
     w.server.sync_now("repo");
 }
+
+#[test]
+fn a_key_from_the_environment_seals_credentials_across_restarts_and_a_bad_one_stops_the_start() {
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let builder = Server::builder().env("CODESTORAGE_SECRET_KEY", key);
+    let (mut w, seed, _id) = private_mirror_with(builder, "env-pass");
+    assert!(
+        !w.server.data_dir().join("keys/secrets.key").exists(),
+        "the key comes from the environment: no key file is written"
+    );
+
+    // After a restart (same key), the sealed credential opens and the next sync uses it.
+    w.server.restart();
+    let tip = w
+        .git
+        .commit_file(&seed.work, "after-restart.txt", "x\n", "after restart");
+    seed.publish(&w.git);
+    w.server.sync_now("repo");
+    check_clone(&w.git, &seed, &w.server.git_url("repo"));
+    assert_eq!(w.git.rev_parse(&seed.bare, "refs/heads/main"), tip);
+
+    // A key that is not base64 of 32 bytes: the server refuses to start, saying why, and
+    // without echoing the value.
+    let data = tempfile::tempdir().expect("data dir");
+    for bad in ["too-short", "AAAA"] {
+        let mut cmd = std::process::Command::new(crate::support::server::binary());
+        crate::support::git::hermetic_env(&mut cmd, data.path());
+        cmd.arg("--data-dir")
+            .arg(data.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("CODESTORAGE_SECRET_KEY", bad);
+        let out = crate::support::run_command(&mut cmd, Duration::from_secs(30));
+        assert!(
+            !out.success(),
+            "started with key {bad:?}: {}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains("CODESTORAGE_SECRET_KEY") && !out.stderr.contains(bad),
+            "names the variable, not its value: {}",
+            out.describe()
+        );
+    }
+}

@@ -474,3 +474,22 @@ impl SyncManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_are_jittered_within_a_fifth_either_way() {
+        let d = Duration::from_secs(300);
+        let got: Vec<Duration> = (0..200).map(|_| jittered(d)).collect();
+        assert!(
+            got.iter()
+                .all(|j| *j >= d.mul_f64(0.8) && *j <= d.mul_f64(1.2))
+        );
+        assert!(
+            got.iter().any(|j| *j != got[0]),
+            "not all the same: {got:?}"
+        );
+    }
+}

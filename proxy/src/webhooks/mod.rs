@@ -493,6 +493,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn deliveries_are_retried_for_a_day_by_default() {
+        let day = Duration::from_secs(24 * 3600);
+        assert!(Settings::default().retry_window >= day);
+        let config = crate::app::Config::new(PathBuf::from("/nonexistent"));
+        assert!(
+            config.webhook_retry_window >= day,
+            "the server's default too"
+        );
+    }
+
+    #[test]
     fn delivery_ids_are_uuids_in_creation_order() {
         let ids: Vec<String> = (0..50).map(|_| delivery_id()).collect();
         for id in &ids {

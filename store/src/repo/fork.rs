@@ -26,7 +26,9 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     }
     match std::fs::hard_link(from, to) {
         Ok(()) => Ok(()),
-        Err(_) => {
+        Err(e) => {
+            // Another filesystem, or one without hard links: correct, but no longer free.
+            tracing::warn!(error = %e, from = %from.display(), "cannot hard-link a pack; copying it");
             std::fs::copy(from, to).map_err(StoreError::io("copy", from))?;
             fsutil::fsync_file(to).map_err(StoreError::io("fsync", to))
         }
