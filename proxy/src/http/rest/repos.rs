@@ -303,14 +303,35 @@ async fn check_github_mode(app: &App, upstream: &UpstreamRecord) -> Result<(), A
     })
 }
 
+/// Provider, owner and name of a mirror given by URL only, as the SDKs expect them (strings,
+/// never null): the forge of a host in the provider map (else `git`, a generic git host), the
+/// path's directory and its last segment without `.git`.
+fn identity_from_url(url: &str) -> (String, String, String) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let provider = ["github", "gitlab", "bitbucket", "codeberg", "sr.ht"]
+        .into_iter()
+        .find(|p| host_of(p).ok().flatten() == Some(host))
+        .unwrap_or("git");
+    let path = path.trim_matches('/');
+    let (owner, name) = path.rsplit_once('/').unwrap_or(("", path));
+    (
+        provider.to_owned(),
+        owner.to_owned(),
+        name.trim_end_matches(".git").to_owned(),
+    )
+}
+
 fn base_repo_json(repo: &Repo) -> Value {
     match repo.record().upstream {
         None => Value::Null,
         Some(u) => {
+            let (provider, owner, name) = identity_from_url(&u.url);
             let mut v = json!({
-                "provider": u.provider,
-                "owner": u.owner,
-                "name": u.name,
+                "provider": u.provider.unwrap_or(provider),
+                "owner": u.owner.unwrap_or(owner),
+                "name": u.name.unwrap_or(name),
                 "upstream_host": u.upstream_host,
                 "default_branch": u.default_branch,
                 "url": u.url,
@@ -526,6 +547,30 @@ pub(super) async fn detach(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_only_mirrors_still_have_a_provider_owner_and_name() {
+        let cases = [
+            (
+                "https://github.com/acme/widgets.git",
+                ("github", "acme", "widgets"),
+            ),
+            ("https://gitlab.com/g/sub/proj", ("gitlab", "g/sub", "proj")),
+            ("https://git.sr.ht/~me/tool", ("sr.ht", "~me", "tool")),
+            (
+                "https://u:p@git.example.com:8443/team/app.git",
+                ("git", "team", "app"),
+            ),
+            ("http://127.0.0.1:9/solo.git", ("git", "", "solo")),
+        ];
+        for (url, (p, o, n)) in cases {
+            assert_eq!(
+                identity_from_url(url),
+                (p.to_owned(), o.to_owned(), n.to_owned()),
+                "{url}"
+            );
+        }
+    }
 
     fn base(p: &str, owner: &str, name: &str, host: Option<&str>) -> BaseRepo {
         BaseRepo {
