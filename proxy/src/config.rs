@@ -24,6 +24,9 @@
 //! max_fetch_bytes = 8589934592   # largest pack one sync may receive
 //! webhook_retry_base = 10     # seconds before the first webhook retry (doubles per failure)
 //! webhook_retry_window = 86400  # seconds a webhook delivery is retried before it fails
+//! metrics_listen = "127.0.0.1:9090"   # serve /metrics here instead of on `listen`
+//! shutdown_timeout = 30       # seconds shutdown waits for in-flight pushes and syncs
+//! sync_progress_interval = 10 # seconds between a running sync's progress log lines
 //!
 //! [[issuers]]
 //! org = "acme"                # the JWT `iss`
@@ -110,6 +113,12 @@ pub struct FileConfig {
     pub webhook_retry_base: Option<u64>,
     /// Seconds a webhook delivery is retried.
     pub webhook_retry_window: Option<u64>,
+    /// Where `/metrics` is served instead of the main listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds shutdown waits for in-flight work.
+    pub shutdown_timeout: Option<u64>,
+    /// Seconds between sync progress log lines.
+    pub sync_progress_interval: Option<u64>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
