@@ -1,4 +1,5 @@
-//! The log output on stderr: human-readable text (the default) or, with `--log-format json`,
+//! The log output on stderr: human-readable text (the default; coloured on a terminal only) or,
+//! with `--log-format json`,
 //! one JSON object per line: `timestamp`, `level`, `target`, `message`, the event's other
 //! fields, and `spans` (outermost first, each with its `name` and fields).
 //!
@@ -34,7 +35,10 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        // Colours only on a terminal: log files and journald get plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
         LogFormat::Json => builder
             .fmt_fields(JsonFields)
             .event_format(JsonFormat)

@@ -307,7 +307,7 @@ fn sigterm_lets_an_in_flight_push_finish_and_refuses_new_work() {
     w.upstream.set_delay_per_chunk(Duration::from_millis(1500));
     let main = w.server.base().to_owned();
     let push = {
-        let (git, work) = (w.git.clone(), work.clone());
+        let (git, work) = (Clone::clone(&w.git), work.clone());
         std::thread::spawn(move || git.try_run(&work, &["push", "-q", "origin", "HEAD:main"]))
     };
     wait_until(

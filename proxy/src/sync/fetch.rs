@@ -196,8 +196,10 @@ impl<R: Read> Read for Capped<'_, R> {
                 }
             };
         }
+        // Reads of at most 16 KiB: the progress moves at that granularity.
         let max = buf
             .len()
+            .min(16 << 10)
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
         self.remaining -= n as u64;
