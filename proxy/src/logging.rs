@@ -122,18 +122,25 @@ where
         let meta = event.metadata();
         let mut fields = Map::new();
         event.record(&mut Collect(&mut fields));
-        let mut line = Map::new();
-        line.insert("timestamp".into(), Value::String(timestamp()));
-        line.insert("level".into(), Value::String(meta.level().to_string()));
-        line.insert("target".into(), Value::String(meta.target().to_owned()));
-        line.insert(
-            "message".into(),
-            fields
-                .remove("message")
-                .unwrap_or(Value::String(String::new())),
-        );
-        for (k, v) in fields {
-            line.entry(k).or_insert(v);
+        let message = fields
+            .remove("message")
+            .unwrap_or(Value::String(String::new()));
+        // The fixed keys first, in this order; then the event's fields; then the spans.
+        let mut line = String::with_capacity(256);
+        line.push_str("{\"timestamp\":");
+        line.push_str(&Value::String(timestamp()).to_string());
+        line.push_str(",\"level\":");
+        line.push_str(&Value::String(meta.level().to_string()).to_string());
+        line.push_str(",\"target\":");
+        line.push_str(&Value::String(meta.target().to_owned()).to_string());
+        line.push_str(",\"message\":");
+        line.push_str(&message.to_string());
+        const FIXED: [&str; 5] = ["timestamp", "level", "target", "message", "spans"];
+        for (k, v) in fields.iter().filter(|(k, _)| !FIXED.contains(&k.as_str())) {
+            line.push(',');
+            line.push_str(&Value::String(k.clone()).to_string());
+            line.push(':');
+            line.push_str(&v.to_string());
         }
         if let Some(scope) = ctx.event_scope() {
             let mut spans = Vec::new();
@@ -144,15 +151,19 @@ where
                 if let Some(f) = ext.get::<FormattedFields<N>>()
                     && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&f.fields)
                 {
-                    s.extend(m);
+                    for (k, v) in m {
+                        s.entry(k).or_insert(v);
+                    }
                 }
                 spans.push(Value::Object(s));
             }
             if !spans.is_empty() {
-                line.insert("spans".into(), Value::Array(spans));
+                line.push_str(",\"spans\":");
+                line.push_str(&Value::Array(spans).to_string());
             }
         }
-        writeln!(writer, "{}", Value::Object(line))
+        line.push('}');
+        writeln!(writer, "{line}")
     }
 }
 

@@ -83,7 +83,17 @@ fn ops(app: &App, path: &str, metrics: bool) -> Option<Response<Body>> {
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n".into(),
         )),
-        "/readyz" => Some(text(StatusCode::OK, "ok\n".into())),
+        // A read of the index shows the store open and answering.
+        "/readyz" => Some(match app.store.index().soft_get("readyz") {
+            Ok(_) => text(StatusCode::OK, "ok\n".into()),
+            Err(e) => {
+                tracing::error!(error = %e, "readiness check: the index does not answer");
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store unavailable\n".into(),
+                )
+            }
+        }),
         "/metrics" if metrics => {
             let body = metrics::global().render(app);
             Some(
