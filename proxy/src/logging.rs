@@ -175,3 +175,15 @@ fn timestamp() -> String {
     let base = crate::time::rfc3339(now.as_secs());
     format!("{}.{:03}Z", base.trim_end_matches('Z'), now.subsec_millis())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_milliseconds_and_end_in_z() {
+        let t = timestamp();
+        assert_eq!(t.len(), "2026-11-28T09:30:00.123Z".len(), "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[19] == b'.', "{t}");
+    }
+}

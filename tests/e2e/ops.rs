@@ -45,16 +45,21 @@ fn sum(m: &BTreeMap<String, f64>, name: &str) -> f64 {
         .sum()
 }
 
-/// The `--metrics-listen` base URL the server printed.
+/// The `--metrics-listen` base URL the server printed (the line may follow `listening on`).
 #[track_caller]
 fn metrics_base(server: &Server) -> String {
-    let stdout = server.stdout();
-    let line = stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("metrics on "))
-        .unwrap_or_else(|| panic!("no `metrics on` line on stdout:\n{stdout}"));
-    line.trim().trim_end_matches("/metrics").to_owned()
+    wait_until(
+        Duration::from_secs(10),
+        "a `metrics on` line on stdout",
+        || {
+            server
+                .stdout()
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("metrics on "))
+                .map(|l| l.trim().trim_end_matches("/metrics").to_owned())
+        },
+    )
 }
 
 fn sigterm(server: &Server) {

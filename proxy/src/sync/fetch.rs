@@ -126,6 +126,18 @@ pub enum Phase {
     Committing,
 }
 
+impl Phase {
+    /// The name shown in logs and in the sync status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Negotiating => "negotiating",
+            Phase::Receiving => "receiving",
+            Phase::Verifying => "verifying",
+            Phase::Committing => "committing",
+        }
+    }
+}
+
 /// A snapshot of [`Progress`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProgressView {
@@ -623,4 +635,43 @@ pub fn run(
         objects,
         retry: failed > 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_counts_bytes_and_reads_the_object_count_from_a_split_header() {
+        let p = Progress::default();
+        assert_eq!(p.view().phase, Phase::Negotiating);
+        assert_eq!(p.view().objects_total, None);
+        p.set_phase(Phase::Receiving);
+        p.received(b"PACK\0\0");
+        assert_eq!(p.view().objects_total, None, "header incomplete");
+        p.received(b"\0\x02\0\0\x01\x2cpayload");
+        let v = p.view();
+        assert_eq!(v.phase, Phase::Receiving);
+        assert_eq!(v.objects_total, Some(300));
+        assert_eq!(v.bytes_received, 19);
+        p.received(b"more");
+        assert_eq!(p.view().bytes_received, 23);
+    }
+
+    #[test]
+    fn the_capped_reader_counts_into_progress_and_refuses_past_the_limit() {
+        let data = vec![7u8; 100];
+        let exceeded = AtomicBool::new(false);
+        let progress = Progress::default();
+        let mut r = Capped {
+            inner: &data[..],
+            remaining: 60,
+            exceeded: &exceeded,
+            progress: &progress,
+        };
+        let mut buf = Vec::new();
+        assert!(r.read_to_end(&mut buf).is_err());
+        assert!(exceeded.load(Ordering::SeqCst));
+        assert_eq!(progress.view().bytes_received, 60);
+    }
 }

@@ -522,7 +522,7 @@ async fn log_progress<T>(
             _ = tick.tick() => {
                 let v = progress.view();
                 tracing::info!(
-                    phase = ?v.phase,
+                    phase = v.phase.as_str(),
                     bytes_received = v.bytes_received,
                     objects_total = v.objects_total.unwrap_or(0),
                     elapsed_s = started.elapsed().as_secs(),
