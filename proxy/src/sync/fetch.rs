@@ -660,7 +660,7 @@ mod tests {
 
     #[test]
     fn the_capped_reader_counts_into_progress_and_refuses_past_the_limit() {
-        let data = vec![7u8; 100];
+        let data = [7u8; 100];
         let exceeded = AtomicBool::new(false);
         let progress = Progress::default();
         let mut r = Capped {
