@@ -355,4 +355,27 @@ mod tests {
         assert!(tls_source(Some("c".into()), None, false).is_err());
         assert!(tls_source(Some("c".into()), Some("k".into()), true).is_err());
     }
+
+    #[test]
+    fn operability_keys_parse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "metrics_listen = \"127.0.0.1:9090\"\nshutdown_timeout = 5\nsync_progress_interval = 2\n",
+        )
+        .expect("write");
+        let cfg = FileConfig::load(&path).expect("parses");
+        assert_eq!(
+            cfg.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+        );
+        assert_eq!(cfg.shutdown_timeout, Some(5));
+        assert_eq!(cfg.sync_progress_interval, Some(2));
+        std::fs::write(&path, "metrics_listen = \"not an address\"\n").expect("write");
+        assert!(matches!(
+            FileConfig::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
 }

@@ -24,26 +24,17 @@ use crate::app::App;
 /// How long a client may take for the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serve `listener` (plain HTTP) and, if given, `tls` until `shutdown` resolves; then stop
-/// accepting, let open requests finish for a while, and signal long-running work to stop.
+/// Serve `listener` (plain HTTP) and, if given, `tls` (and `metrics`: the operability routes)
+/// until `shutdown` resolves; then stop accepting, let open requests and syncs finish within
+/// `--shutdown-timeout`, and signal what still runs to stop.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    metrics: Option<TcpListener>,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let ops = match app.config.metrics_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("binding --metrics-listen {addr}: {e}"))
-            })?;
-            let local = listener.local_addr()?;
-            tracing::info!(addr = %local, "metrics served");
-            println!("metrics on http://{local}/metrics");
-            Some(tokio::spawn(serve_ops(listener, app.clone())))
-        }
-        None => None,
-    };
+    let ops = metrics.map(|l| tokio::spawn(serve_ops(l, app.clone())));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(app.sync.clone().schedule(stop_rx.clone()));
     let webhooks = tokio::spawn(app.webhooks.clone().run(stop_rx.clone()));

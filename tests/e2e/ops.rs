@@ -215,6 +215,46 @@ fn metrics_listen_moves_metrics_off_the_main_listener() {
 }
 
 #[test]
+fn an_unusable_metrics_address_fails_the_start_with_a_clear_error() {
+    let mut w = World::new();
+    w.server.stop();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = w.server.data_cli(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        &addr,
+    ]);
+    assert!(!out.success(), "must not start: {}", out.describe());
+    assert!(
+        out.stderr
+            .contains(&format!("binding --metrics-listen {addr}")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stdout.contains("listening on"),
+        "nothing announced before the failure: {}",
+        out.describe()
+    );
+    let bad = w.server.data_cli(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "nowhere",
+    ]);
+    assert!(!bad.success());
+    assert!(
+        bad.stderr.contains("--metrics-listen"),
+        "{}",
+        bad.describe()
+    );
+}
+
+#[test]
 fn json_logs_are_one_object_per_line() {
     let (w, _seed) =
         World::seeded_mirror_with("repo", Server::builder().arg("--log-format").arg("json"));

@@ -187,6 +187,7 @@ pub async fn run(
         (None, None) => None,
     };
     let listen = config.listen;
+    let metrics_listen = config.metrics_listen;
     let app = tokio::task::spawn_blocking(move || App::open(config, issuers))
         .await?
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
@@ -204,6 +205,19 @@ pub async fn run(
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    // Bound before `listening on` is printed: a bad address fails the start.
+    let metrics = match metrics_listen {
+        Some(maddr) => {
+            let l = tokio::net::TcpListener::bind(maddr)
+                .await
+                .with_context(|| format!("binding --metrics-listen {maddr}"))?;
+            let local = l.local_addr()?;
+            tracing::info!(addr = %local, "metrics served");
+            println!("metrics on http://{local}/metrics");
+            Some(l)
+        }
+        None => None,
+    };
     tracing::info!(%addr, data_dir = %data_dir.display(), "codestorage serving");
     println!("listening on http://{addr}");
     let tls = match tls {
@@ -217,6 +231,6 @@ pub async fn run(
         }
         None => None,
     };
-    crate::server::serve(listener, tls, app, shutdown).await?;
+    crate::server::serve(listener, tls, metrics, app, shutdown).await?;
     Ok(())
 }
