@@ -108,6 +108,8 @@ pub struct Progress {
     bytes: AtomicU64,
     /// The object count of the pack header (0 until it arrived).
     objects: AtomicU32,
+    /// Objects indexed so far (counted by the store while it indexes the stream).
+    indexed: Arc<std::sync::atomic::AtomicUsize>,
     /// The first bytes of the pack (its 12-byte header), as they arrive.
     header: Mutex<Vec<u8>>,
 }
@@ -145,6 +147,8 @@ pub struct ProgressView {
     pub phase: Phase,
     /// Pack bytes received so far.
     pub bytes_received: u64,
+    /// Objects received and indexed so far.
+    pub objects_received: u64,
     /// Objects in the pack being received (from its header; absent until it arrived).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub objects_total: Option<u32>,
@@ -182,6 +186,7 @@ impl Progress {
                 _ => Phase::Negotiating,
             },
             bytes_received: self.bytes.load(Ordering::Relaxed),
+            objects_received: self.indexed.load(Ordering::Relaxed) as u64,
             objects_total: (objects != 0).then_some(objects),
         }
     }
@@ -535,7 +540,11 @@ pub fn run(
                     progress: status,
                 },
             );
-            let received = repo.receive_pack(&mut capped, IngestOptions::default(), interrupt);
+            let ingest = IngestOptions {
+                objects_indexed: Some(status.indexed.clone()),
+                ..Default::default()
+            };
+            let received = repo.receive_pack(&mut capped, ingest, interrupt);
             if exceeded.load(Ordering::SeqCst) {
                 // The quarantine (if any) is dropped, and with it the partial pack.
                 return Err(SyncError::TooLarge {

@@ -524,6 +524,7 @@ async fn log_progress<T>(
                 tracing::info!(
                     phase = v.phase.as_str(),
                     bytes_received = v.bytes_received,
+                    objects_received = v.objects_received,
                     objects_total = v.objects_total.unwrap_or(0),
                     elapsed_s = started.elapsed().as_secs(),
                     "sync progress"
