@@ -47,6 +47,12 @@ pub struct Config {
     pub webhook_retry_base: Duration,
     /// How long a webhook delivery is retried before it is marked failed.
     pub webhook_retry_window: Duration,
+    /// Serve `/metrics` (and the health routes) on this address instead of the main listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long shutdown waits for in-flight requests (pushes) and syncs before interrupting them.
+    pub shutdown_timeout: Duration,
+    /// How often a running sync logs its progress.
+    pub sync_progress_interval: Duration,
 }
 
 impl Config {
@@ -67,6 +73,9 @@ impl Config {
             max_fetch_bytes: crate::sync::fetch::DEFAULT_MAX_FETCH_BYTES,
             webhook_retry_base: Duration::from_secs(10),
             webhook_retry_window: Duration::from_secs(24 * 3600),
+            metrics_listen: None,
+            shutdown_timeout: Duration::from_secs(30),
+            sync_progress_interval: Duration::from_secs(10),
         }
     }
 }
@@ -170,6 +179,7 @@ impl App {
         let mut fetch = crate::sync::fetch::FetchOptions::new(config.allow_http_upstream);
         fetch.ca_certs = roots;
         fetch.max_fetch_bytes = config.max_fetch_bytes;
+        fetch.progress_interval = config.sync_progress_interval;
         let local = auth.clone();
         let webhooks = Webhooks::open(
             &config.data_dir,

@@ -24,6 +24,9 @@
 //! max_fetch_bytes = 8589934592   # largest pack one sync may receive
 //! webhook_retry_base = 10     # seconds before the first webhook retry (doubles per failure)
 //! webhook_retry_window = 86400  # seconds a webhook delivery is retried before it fails
+//! metrics_listen = "127.0.0.1:9090"   # serve /metrics here instead of on `listen`
+//! shutdown_timeout = 30       # seconds shutdown waits for in-flight pushes and syncs
+//! sync_progress_interval = 10 # seconds between a running sync's progress log lines
 //!
 //! [[issuers]]
 //! org = "acme"                # the JWT `iss`
@@ -110,6 +113,12 @@ pub struct FileConfig {
     pub webhook_retry_base: Option<u64>,
     /// Seconds a webhook delivery is retried.
     pub webhook_retry_window: Option<u64>,
+    /// Where `/metrics` is served instead of the main listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds shutdown waits for in-flight work.
+    pub shutdown_timeout: Option<u64>,
+    /// Seconds between sync progress log lines.
+    pub sync_progress_interval: Option<u64>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
@@ -345,5 +354,28 @@ mod tests {
         );
         assert!(tls_source(Some("c".into()), None, false).is_err());
         assert!(tls_source(Some("c".into()), Some("k".into()), true).is_err());
+    }
+
+    #[test]
+    fn operability_keys_parse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "metrics_listen = \"127.0.0.1:9090\"\nshutdown_timeout = 5\nsync_progress_interval = 2\n",
+        )
+        .expect("write");
+        let cfg = FileConfig::load(&path).expect("parses");
+        assert_eq!(
+            cfg.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+        );
+        assert_eq!(cfg.shutdown_timeout, Some(5));
+        assert_eq!(cfg.sync_progress_interval, Some(2));
+        std::fs::write(&path, "metrics_listen = \"not an address\"\n").expect("write");
+        assert!(matches!(
+            FileConfig::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 }

@@ -16,6 +16,8 @@
 //! - [`upstream`] — the HTTP client for upstreams' smart-HTTP endpoints (forwarded pushes),
 //!   upstream credentials, GitHub modes and App installation tokens.
 //! - [`webhooks`] — outgoing webhooks: subscriptions, durable queue, signed delivery.
+//! - [`metrics`] — the metrics registry (`GET /metrics`) and the readiness flag.
+//! - [`logging`] — the log output: human text or one JSON object per line.
 
 pub mod app;
 pub mod auth;
@@ -23,6 +25,8 @@ pub mod cli;
 pub mod config;
 pub mod expiry;
 pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod secrets;
 pub mod server;

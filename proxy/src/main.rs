@@ -32,6 +32,15 @@ struct Cli {
     /// directory's key].
     #[arg(long, global = true, env = "CODESTORAGE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Log format on stderr: human-readable text, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "CODESTORAGE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: codestorage::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -196,14 +205,8 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "codestorage=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    codestorage::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -214,7 +217,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Blocking work that ignored the interrupt must not hold the exit forever.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,5 +1,10 @@
 //! The accept loops: plain HTTP and (optionally) TLS, HTTP/1.1 and HTTP/2, until shutdown; then
-//! open connections drain for a while.
+//! open connections drain for a while. With `--metrics-listen`, a third listener serves the
+//! operability routes only, until the very end of shutdown.
+//!
+//! Shutdown (SIGTERM, ctrl-c): `/readyz` turns 503, the main listeners close (new connections are
+//! refused), background scheduling stops; in-flight requests (pushes included) and running syncs
+//! get `--shutdown-timeout` to finish; what still runs then is interrupted; the store is flushed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,14 +24,17 @@ use crate::app::App;
 /// How long a client may take for the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serve `listener` (plain HTTP) and, if given, `tls` until `shutdown` resolves; then stop
-/// accepting, let open requests finish for a while, and signal long-running work to stop.
+/// Serve `listener` (plain HTTP) and, if given, `tls` (and `metrics`: the operability routes)
+/// until `shutdown` resolves; then stop accepting, let open requests and syncs finish within
+/// `--shutdown-timeout`, and signal what still runs to stop.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    metrics: Option<TcpListener>,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let ops = metrics.map(|l| tokio::spawn(serve_ops(l, app.clone())));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(app.sync.clone().schedule(stop_rx.clone()));
     let webhooks = tokio::spawn(app.webhooks.clone().run(stop_rx.clone()));
@@ -66,20 +74,69 @@ pub async fn serve(
             () = &mut shutdown => break,
         }
     }
+    crate::metrics::global().set_shutting_down();
+    // Stop accepting: new connections are refused from here on.
+    drop(listener);
+    drop(tls_listener);
     let _ = stop_tx.send(true);
-    tracing::info!("shutting down");
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after 10 s; closing");
+    let deadline = app.config.shutdown_timeout;
+    tracing::info!(
+        deadline_s = deadline.as_secs(),
+        syncs = app.sync.running(),
+        "shutting down: finishing in-flight requests and syncs"
+    );
+    let started = std::time::Instant::now();
+    let drained = tokio::time::timeout(deadline, async {
+        tokio::join!(graceful.shutdown(), app.sync.wait_idle());
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "in-flight work finished"
+        ),
+        Err(_) => tracing::warn!(
+            deadline_s = deadline.as_secs(),
+            syncs = app.sync.running(),
+            "work still running at the shutdown deadline; interrupting it"
+        ),
     }
     app.interrupt.store(true, Ordering::Relaxed);
     let _ = webhooks.await;
     let store = app.store.clone();
     let _ = tokio::task::spawn_blocking(move || store.wait_idle()).await;
     app.store.index().flush().map_err(std::io::Error::other)?;
+    if let Some(ops) = ops {
+        ops.abort();
+    }
+    tracing::info!("shut down");
     Ok(())
+}
+
+/// The `--metrics-listen` accept loop: `/metrics`, `/healthz`, `/readyz`; runs until aborted.
+async fn serve_ops(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(crate::http::handle_ops(app, req).await) }
+        });
+        tokio::spawn(async move {
+            let conn = Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
 }
 
 async fn accept_opt(

@@ -12,7 +12,9 @@ use std::collections::{BTreeSet, BinaryHeap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use gix_utils::progress;
 
 use gix_hash::{ObjectId, oid};
 use gix_object::Kind;
@@ -27,12 +29,14 @@ use crate::refs::Namespace;
 const VERIFY_CACHE_BYTES: usize = 96 << 20;
 
 /// Limits applied while indexing an untrusted pack.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct IngestOptions {
     /// Refuse single allocations above this many bytes (objects and deltas).
     pub max_object_bytes: Option<usize>,
     /// Threads used to resolve deltas.
     pub threads: usize,
+    /// Where to count the objects indexed so far (progress of a long receive), if anywhere.
+    pub objects_indexed: Option<Arc<AtomicUsize>>,
 }
 
 impl Default for IngestOptions {
@@ -40,7 +44,74 @@ impl Default for IngestOptions {
         IngestOptions {
             max_object_bytes: Some(1 << 30),
             threads: 2,
+            objects_indexed: None,
         }
+    }
+}
+
+/// A gix progress tree that only counts the objects indexed (gix's `IndexObjects` progress, at
+/// whatever depth it appears) into a shared counter; everything else is discarded.
+struct ObjectCount {
+    shared: Arc<AtomicUsize>,
+    counts: bool,
+}
+
+impl ObjectCount {
+    fn child(&self, counts: bool) -> ObjectCount {
+        ObjectCount {
+            shared: self.shared.clone(),
+            counts,
+        }
+    }
+}
+
+impl progress::Count for ObjectCount {
+    fn set(&self, step: usize) {
+        if self.counts {
+            self.shared.store(step, Ordering::Relaxed);
+        }
+    }
+    fn step(&self) -> usize {
+        if self.counts {
+            self.shared.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+    fn inc_by(&self, step: usize) {
+        if self.counts {
+            self.shared.fetch_add(step, Ordering::Relaxed);
+        }
+    }
+    fn counter(&self) -> progress::StepShared {
+        if self.counts {
+            self.shared.clone()
+        } else {
+            Arc::new(AtomicUsize::new(0))
+        }
+    }
+}
+
+impl progress::Progress for ObjectCount {
+    fn init(&mut self, _max: Option<usize>, _unit: Option<progress::Unit>) {}
+    fn set_name(&mut self, _name: String) {}
+    fn name(&self) -> Option<String> {
+        None
+    }
+    fn id(&self) -> progress::Id {
+        progress::UNKNOWN
+    }
+    fn message(&self, _level: progress::MessageLevel, _message: String) {}
+}
+
+impl progress::NestedProgress for ObjectCount {
+    type SubProgress = ObjectCount;
+    fn add_child(&mut self, _name: impl Into<String>) -> ObjectCount {
+        self.child(false)
+    }
+    fn add_child_with_id(&mut self, _name: impl Into<String>, id: progress::Id) -> ObjectCount {
+        let indexing: progress::Id = gix_pack::index::write::ProgressId::IndexObjects.into();
+        self.child(id == indexing)
     }
 }
 
@@ -123,10 +194,19 @@ impl Quarantine {
             alloc_limit_bytes: opts.max_object_bytes,
             compression: gix_zlib::Compression::BEST_SPEED,
         };
+        let mut counting = opts.objects_indexed.clone().map(|shared| ObjectCount {
+            shared,
+            counts: false,
+        });
+        let mut discard = progress::Discard;
+        let tree: &mut dyn progress::DynNestedProgress = match counting.as_mut() {
+            Some(c) => c,
+            None => &mut discard,
+        };
         let outcome = gix_pack::Bundle::write_to_directory(
             input,
             Some(&dir),
-            &mut gix_utils::progress::Discard,
+            tree,
             interrupt,
             Some(lookup),
             gix_hash::Kind::Sha1,

@@ -87,3 +87,7 @@ mod forge_webhooks;
 /// The official Python SDK (`pierre-storage`) drives a GitHub mirror over TLS end to end:
 /// remote URLs, ephemeral pushes, branches, promotion, pull-upstream, credentials, webhooks.
 mod sdk;
+
+/// Operability: `/metrics` (requests, bytes, packs, syncs, pushes), `/healthz`, `/readyz`,
+/// `--metrics-listen`, JSON logs, sync progress, graceful shutdown on SIGTERM and its deadline.
+mod ops;

@@ -91,6 +91,17 @@ pub struct ServeArgs {
     /// Secret of incoming Bitbucket webhooks (`POST /webhooks/bitbucket`).
     #[arg(long, env = "CODESTORAGE_BITBUCKET_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub bitbucket_webhook_secret: Option<Secret>,
+    /// Serve `GET /metrics` (and `/healthz`, `/readyz`) on this address instead of the main
+    /// listener, which then answers 404 for `/metrics`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds shutdown (SIGTERM, ctrl-c) waits for in-flight requests, pushes and syncs before
+    /// interrupting them [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
+    /// Seconds between the progress lines a running sync logs [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub sync_progress_interval: Option<u64>,
 }
 
 /// A secret from the command line or the environment, masked from then on.
@@ -147,6 +158,13 @@ pub async fn run(
         args.bitbucket_webhook_secret
             .or(file.bitbucket_webhook_secret),
     );
+    config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    if let Some(secs) = args.shutdown_timeout.or(file.shutdown_timeout) {
+        config.shutdown_timeout = Duration::from_secs(secs);
+    }
+    if let Some(secs) = args.sync_progress_interval.or(file.sync_progress_interval) {
+        config.sync_progress_interval = Duration::from_secs(secs.max(1));
+    }
     if let Some(max) = args.max_pack_bytes.or(file.max_pack_bytes) {
         config.push_limits.max_pack_bytes = max;
     }
@@ -169,6 +187,7 @@ pub async fn run(
         (None, None) => None,
     };
     let listen = config.listen;
+    let metrics_listen = config.metrics_listen;
     let app = tokio::task::spawn_blocking(move || App::open(config, issuers))
         .await?
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
@@ -186,6 +205,19 @@ pub async fn run(
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    // Bound before `listening on` is printed: a bad address fails the start.
+    let metrics = match metrics_listen {
+        Some(maddr) => {
+            let l = tokio::net::TcpListener::bind(maddr)
+                .await
+                .with_context(|| format!("binding --metrics-listen {maddr}"))?;
+            let local = l.local_addr()?;
+            tracing::info!(addr = %local, "metrics served");
+            println!("metrics on http://{local}/metrics");
+            Some(l)
+        }
+        None => None,
+    };
     tracing::info!(%addr, data_dir = %data_dir.display(), "codestorage serving");
     println!("listening on http://{addr}");
     let tls = match tls {
@@ -199,6 +231,6 @@ pub async fn run(
         }
         None => None,
     };
-    crate::server::serve(listener, tls, app, shutdown).await?;
+    crate::server::serve(listener, tls, metrics, app, shutdown).await?;
     Ok(())
 }

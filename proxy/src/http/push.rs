@@ -240,6 +240,7 @@ impl Worker {
 
     fn fail(&mut self, req: &Request, reason: &str) {
         tracing::warn!(error = %reason, "forwarded push failed");
+        crate::metrics::global().push_forwarded(crate::metrics::PushOutcome::Failed);
         let report = forward::failed_report(&req.commands, reason);
         let _ = report.send(&req.caps, &mut self.client);
     }
@@ -413,6 +414,7 @@ impl Worker {
 
     /// Answer without the upstream: our refusals, and "atomic push failed" for the rest.
     fn refuse_all(&mut self, req: &Request, ours: Vec<(String, RefStatus)>, rest: &[&Command]) {
+        crate::metrics::global().push_forwarded(crate::metrics::PushOutcome::Refused);
         let mut report = Report {
             unpack_error: None,
             refs: ours,
@@ -627,6 +629,16 @@ impl Worker {
         }
         let _ = self.client.write_all(&out);
         let _ = self.client.flush();
+        let all_ok = ours.is_empty()
+            && req
+                .commands
+                .iter()
+                .all(|c| upstream.status_of(&c.name) == Some(RefStatus::Ok));
+        crate::metrics::global().push_forwarded(if all_ok {
+            crate::metrics::PushOutcome::Accepted
+        } else {
+            crate::metrics::PushOutcome::Partial
+        });
         let who = self.identity.as_ref().map(Identity::who);
         for c in &req.commands {
             tracing::info!(

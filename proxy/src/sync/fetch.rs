@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +82,8 @@ pub struct FetchOptions {
     pub ca_certs: Vec<reqwest::Certificate>,
     /// Largest pack one sync may receive, in bytes (`--max-fetch-bytes`).
     pub max_fetch_bytes: u64,
+    /// How often a running sync logs its progress (`--sync-progress-interval`).
+    pub progress_interval: Duration,
 }
 
 /// The default of `--max-fetch-bytes`: 8 GiB.
@@ -94,15 +96,109 @@ impl FetchOptions {
             allow_http,
             ca_certs: Vec::new(),
             max_fetch_bytes: DEFAULT_MAX_FETCH_BYTES,
+            progress_interval: Duration::from_secs(10),
         }
     }
 }
 
-/// A reader that fails once more than `limit` bytes were read, and says so in `exceeded`.
+/// What a running sync has done so far: shown in the logs and in the repository's sync status.
+#[derive(Debug, Default)]
+pub struct Progress {
+    phase: std::sync::atomic::AtomicU8,
+    bytes: AtomicU64,
+    /// The object count of the pack header (0 until it arrived).
+    objects: AtomicU32,
+    /// Objects indexed so far (counted by the store while it indexes the stream).
+    indexed: Arc<std::sync::atomic::AtomicUsize>,
+    /// The first bytes of the pack (its 12-byte header), as they arrive.
+    header: Mutex<Vec<u8>>,
+}
+
+/// What a sync is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Listing the upstream's refs.
+    Negotiating,
+    /// Receiving and indexing the pack.
+    Receiving,
+    /// Checking the received objects.
+    Verifying,
+    /// Moving the refs.
+    Committing,
+}
+
+impl Phase {
+    /// The name shown in logs and in the sync status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Negotiating => "negotiating",
+            Phase::Receiving => "receiving",
+            Phase::Verifying => "verifying",
+            Phase::Committing => "committing",
+        }
+    }
+}
+
+/// A snapshot of [`Progress`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgressView {
+    /// What the sync is doing.
+    pub phase: Phase,
+    /// Pack bytes received so far.
+    pub bytes_received: u64,
+    /// Objects received and indexed so far.
+    pub objects_received: u64,
+    /// Objects in the pack being received (from its header; absent until it arrived).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects_total: Option<u32>,
+}
+
+impl Progress {
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    fn received(&self, data: &[u8]) {
+        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.objects.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let mut header = self.header.lock().unwrap_or_else(|p| p.into_inner());
+        if header.len() < 12 {
+            let take = (12 - header.len()).min(data.len());
+            header.extend_from_slice(&data[..take]);
+            if header.len() == 12 && header.starts_with(b"PACK") {
+                let n = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+                self.objects.store(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// What has been done so far.
+    pub fn view(&self) -> ProgressView {
+        let objects = self.objects.load(Ordering::Relaxed);
+        ProgressView {
+            phase: match self.phase.load(Ordering::Relaxed) {
+                1 => Phase::Receiving,
+                2 => Phase::Verifying,
+                3 => Phase::Committing,
+                _ => Phase::Negotiating,
+            },
+            bytes_received: self.bytes.load(Ordering::Relaxed),
+            objects_received: self.indexed.load(Ordering::Relaxed) as u64,
+            objects_total: (objects != 0).then_some(objects),
+        }
+    }
+}
+
+/// A reader that fails once more than `limit` bytes were read, and says so in `exceeded`;
+/// counts what it reads into `progress`.
 struct Capped<'a, R> {
     inner: R,
     remaining: u64,
     exceeded: &'a AtomicBool,
+    progress: &'a Progress,
 }
 
 impl<R: Read> Read for Capped<'_, R> {
@@ -117,11 +213,14 @@ impl<R: Read> Read for Capped<'_, R> {
                 }
             };
         }
+        // Reads of at most 16 KiB: the progress moves at that granularity.
         let max = buf
             .len()
+            .min(16 << 10)
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
         self.remaining -= n as u64;
+        self.progress.received(&buf[..n]);
         Ok(n)
     }
 }
@@ -357,6 +456,7 @@ pub fn run(
     target: &UpstreamTarget,
     opts: &FetchOptions,
     interrupt: &AtomicBool,
+    status: &Progress,
 ) -> Result<Fetched, SyncError> {
     let mut transport = connect(target, opts)?;
     let mut progress = gix_utils::progress::Discard;
@@ -429,6 +529,7 @@ pub fn run(
                 std::ops::ControlFlow::Continue(())
             })));
             let started = std::time::Instant::now();
+            status.set_phase(Phase::Receiving);
             let exceeded = AtomicBool::new(false);
             let mut capped = std::io::BufReader::with_capacity(
                 64 << 10,
@@ -436,9 +537,14 @@ pub fn run(
                     inner: &mut reader,
                     remaining: opts.max_fetch_bytes,
                     exceeded: &exceeded,
+                    progress: status,
                 },
             );
-            let received = repo.receive_pack(&mut capped, IngestOptions::default(), interrupt);
+            let ingest = IngestOptions {
+                objects_indexed: Some(status.indexed.clone()),
+                ..Default::default()
+            };
+            let received = repo.receive_pack(&mut capped, ingest, interrupt);
             if exceeded.load(Ordering::SeqCst) {
                 // The quarantine (if any) is dropped, and with it the partial pack.
                 return Err(SyncError::TooLarge {
@@ -446,6 +552,7 @@ pub fn run(
                 });
             }
             if let Some(mut q) = received? {
+                status.set_phase(Phase::Verifying);
                 let received = started.elapsed();
                 let tips: Vec<ObjectId> = remote.refs.values().copied().collect();
                 q.verify(view.packs.clone(), Namespace::Default, &tips)?;
@@ -515,6 +622,7 @@ pub fn run(
     }
     let n = updates.len();
     let started = std::time::Instant::now();
+    status.set_phase(Phase::Committing);
     let outcome = repo.commit(Transaction {
         ns: Namespace::Default,
         updates,
@@ -536,4 +644,43 @@ pub fn run(
         objects,
         retry: failed > 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_counts_bytes_and_reads_the_object_count_from_a_split_header() {
+        let p = Progress::default();
+        assert_eq!(p.view().phase, Phase::Negotiating);
+        assert_eq!(p.view().objects_total, None);
+        p.set_phase(Phase::Receiving);
+        p.received(b"PACK\0\0");
+        assert_eq!(p.view().objects_total, None, "header incomplete");
+        p.received(b"\0\x02\0\0\x01\x2cpayload");
+        let v = p.view();
+        assert_eq!(v.phase, Phase::Receiving);
+        assert_eq!(v.objects_total, Some(300));
+        assert_eq!(v.bytes_received, 19);
+        p.received(b"more");
+        assert_eq!(p.view().bytes_received, 23);
+    }
+
+    #[test]
+    fn the_capped_reader_counts_into_progress_and_refuses_past_the_limit() {
+        let data = [7u8; 100];
+        let exceeded = AtomicBool::new(false);
+        let progress = Progress::default();
+        let mut r = Capped {
+            inner: &data[..],
+            remaining: 60,
+            exceeded: &exceeded,
+            progress: &progress,
+        };
+        let mut buf = Vec::new();
+        assert!(r.read_to_end(&mut buf).is_err());
+        assert!(exceeded.load(Ordering::SeqCst));
+        assert_eq!(progress.view().bytes_received, 60);
+    }
 }

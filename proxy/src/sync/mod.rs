@@ -42,6 +42,9 @@ pub struct SyncStatus {
     pub last_run_at: Option<String>,
     /// Failed runs since the last success.
     pub consecutive_failures: u32,
+    /// While a run receives from the upstream: what it has received so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<fetch::ProgressView>,
 }
 
 /// Whether a mirror may be served yet.
@@ -73,6 +76,8 @@ struct Slot {
     finished: Option<tokio::sync::watch::Sender<(u64, Option<String>)>>,
     /// Held by a sync run and by a forwarded push while it moves local refs.
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// The progress of the fetch under way.
+    progress: Option<Arc<fetch::Progress>>,
 }
 
 impl Slot {
@@ -174,8 +179,24 @@ impl SyncManager {
     pub fn status(&self, repo: &Repo) -> SyncStatus {
         self.slots()
             .get(&repo.record().name)
-            .map(|s| s.status.clone())
+            .map(|s| {
+                let mut status = s.status.clone();
+                status.progress = s.progress.as_ref().map(|p| p.view());
+                status
+            })
             .unwrap_or_default()
+    }
+
+    /// How many syncs are running now.
+    pub fn running(&self) -> usize {
+        self.slots().values().filter(|s| s.running).count()
+    }
+
+    /// Wait until no sync runs (shutdown lets running syncs finish).
+    pub async fn wait_idle(&self) {
+        while self.running() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether `repo` may be served.
@@ -269,6 +290,7 @@ impl SyncManager {
                 }
                 Err(e) => tracing::warn!(error = %e, "sync failed"),
             }
+            crate::metrics::global().sync_finished(&name, result.is_ok());
             let end = match &result {
                 Ok(_) => SyncEnd::Succeeded,
                 Err(e) => SyncEnd::Failed(e.clone()),
@@ -349,8 +371,18 @@ impl SyncManager {
         tracing::info!("sync started");
         let (r, opts, interrupt) = (repo.clone(), self.fetch.clone(), self.interrupt.clone());
         let probe_target = target.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || fetch::run(&r, &target, &opts, &interrupt)).await;
+        let progress = Arc::new(fetch::Progress::default());
+        let name = repo.record().name;
+        if let Some(slot) = self.slots().get_mut(&name) {
+            slot.progress = Some(progress.clone());
+        }
+        let p = progress.clone();
+        let fetching =
+            tokio::task::spawn_blocking(move || fetch::run(&r, &target, &opts, &interrupt, &p));
+        let outcome = log_progress(fetching, &progress, self.fetch.progress_interval).await;
+        if let Some(slot) = self.slots().get_mut(&name) {
+            slot.progress = None;
+        }
         match outcome {
             Ok(Ok(f)) => (Ok(f), None),
             Ok(Err(e)) => {
@@ -470,6 +502,33 @@ impl SyncManager {
                 if due {
                     self.request(repo);
                 }
+            }
+        }
+    }
+}
+
+/// Await `fetching`, logging `progress` every `every` meanwhile.
+async fn log_progress<T>(
+    fetching: tokio::task::JoinHandle<T>,
+    progress: &fetch::Progress,
+    every: Duration,
+) -> Result<T, tokio::task::JoinError> {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(fetching);
+    loop {
+        tokio::select! {
+            done = &mut fetching => return done,
+            _ = tick.tick() => {
+                let v = progress.view();
+                tracing::info!(
+                    phase = v.phase.as_str(),
+                    bytes_received = v.bytes_received,
+                    objects_received = v.objects_received,
+                    objects_total = v.objects_total.unwrap_or(0),
+                    elapsed_s = started.elapsed().as_secs(),
+                    "sync progress"
+                );
             }
         }
     }

@@ -336,6 +336,11 @@ impl Webhooks {
         Ok(true)
     }
 
+    /// Pending deliveries of every subscription (the queue depth).
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Pending deliveries of subscription `id`.
     pub fn pending(&self, id: &str) -> usize {
         self.queue.pending_for(id)

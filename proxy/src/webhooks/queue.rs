@@ -169,6 +169,16 @@ impl Queue {
         Ok(())
     }
 
+    /// All pending deliveries (in flight included).
+    pub fn len(&self) -> usize {
+        self.state().items.len()
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Pending deliveries of subscription `sub` (in flight included).
     pub fn pending_for(&self, sub: &str) -> usize {
         self.state().per_sub.get(sub).copied().unwrap_or(0)

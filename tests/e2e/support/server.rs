@@ -307,6 +307,16 @@ impl Server {
         status
     }
 
+    /// The process id of the running server (to signal it without waiting, as the shutdown
+    /// tests do; [`Server::stop`] then waits for the exit).
+    pub fn pid(&self) -> u32 {
+        self.running
+            .as_ref()
+            .expect("pid: the server is not running")
+            .child
+            .id()
+    }
+
     /// SIGKILL: a crash, as far as the data dir can tell.
     pub fn kill(&mut self) {
         let mut running = self

@@ -128,6 +128,12 @@ pub fn send<W: Write>(
             ""
         }
     ))?;
+    crate::metrics::global().pack_generated(
+        start.elapsed(),
+        stats.objects,
+        stats.bytes,
+        chosen.fast_path,
+    );
     tracing::debug!(
         objects = stats.objects,
         bytes = stats.bytes,
