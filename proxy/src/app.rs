@@ -47,7 +47,13 @@ pub struct Config {
     pub webhook_retry_base: Duration,
     /// How long a webhook delivery is retried before it is marked failed.
     pub webhook_retry_window: Duration,
+    /// Fetches from a mirror last synced longer ago than this get a `remote: warning:` line
+    /// (`None`: never).
+    pub stale_warning_after: Option<Duration>,
 }
+
+/// Default of `--stale-warning-after`, in seconds.
+pub const DEFAULT_STALE_WARNING_SECS: u64 = 3600;
 
 impl Config {
     /// Defaults for `data_dir`.
@@ -67,6 +73,7 @@ impl Config {
             max_fetch_bytes: crate::sync::fetch::DEFAULT_MAX_FETCH_BYTES,
             webhook_retry_base: Duration::from_secs(10),
             webhook_retry_window: Duration::from_secs(24 * 3600),
+            stale_warning_after: Some(Duration::from_secs(DEFAULT_STALE_WARNING_SECS)),
         }
     }
 }

@@ -110,6 +110,8 @@ pub struct FileConfig {
     pub webhook_retry_base: Option<u64>,
     /// Seconds a webhook delivery is retried.
     pub webhook_retry_window: Option<u64>,
+    /// `--stale-warning-after`.
+    pub stale_warning_after: Option<u64>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,

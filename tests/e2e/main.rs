@@ -87,3 +87,10 @@ mod forge_webhooks;
 /// The official Python SDK (`pierre-storage`) drives a GitHub mirror over TLS end to end:
 /// remote URLs, ephemeral pushes, branches, promotion, pull-upstream, credentials, webhooks.
 mod sdk;
+
+/// Crash safety proven with fault points (`CODESTORAGE_FAULT`): an abort at every write step
+/// leaves a data dir that passes fsck and serves the old or the new state; `fsck --rebuild`
+/// recreates a deleted index; an upstream that fails, sends garbage, drops the connection or
+/// vanishes never stops reads, leaves no partial state, is retried with backoff; the stale-state
+/// warning.
+mod faults;

@@ -98,11 +98,16 @@ impl FetchOptions {
     }
 }
 
+/// How far into a pack the `sync-mid-fetch` fault point sits (the quarantine exists by then).
+const MID_FETCH: u64 = 32 << 10;
+
 /// A reader that fails once more than `limit` bytes were read, and says so in `exceeded`.
 struct Capped<'a, R> {
     inner: R,
     remaining: u64,
     exceeded: &'a AtomicBool,
+    /// Bytes read so far (the `sync-mid-fetch` fault point fires past [`MID_FETCH`]).
+    total: u64,
 }
 
 impl<R: Read> Read for Capped<'_, R> {
@@ -121,6 +126,10 @@ impl<R: Read> Read for Capped<'_, R> {
             .len()
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
+        self.total += n as u64;
+        if self.total > MID_FETCH && n > 0 {
+            codestorage_store::fault::point("sync-mid-fetch");
+        }
         self.remaining -= n as u64;
         Ok(n)
     }
@@ -436,6 +445,7 @@ pub fn run(
                     inner: &mut reader,
                     remaining: opts.max_fetch_bytes,
                     exceeded: &exceeded,
+                    total: 0,
                 },
             );
             let received = repo.receive_pack(&mut capped, IngestOptions::default(), interrupt);
@@ -514,6 +524,7 @@ pub fn run(
         });
     }
     let n = updates.len();
+    codestorage_store::fault::point("sync-objects-landed");
     let started = std::time::Instant::now();
     let outcome = repo.commit(Transaction {
         ns: Namespace::Default,
