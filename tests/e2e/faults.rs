@@ -233,7 +233,9 @@ fn abort_after_the_upstream_accepted_a_forwarded_push_loses_nothing() {
         .git
         .commit_file(&work, "pushed.txt", "pushed\n", "pushed through");
     arm(&mut w.server, "push-upstream-accepted");
-    let push = w.git.try_run(&work, &["push", "-q", "origin", "main"]);
+    // The port changed with the restart.
+    let url = w.server.git_url("repo");
+    let push = w.git.try_run(&work, &["push", "-q", &url, "main"]);
     crash_and_recover(&mut w.server, "push-upstream-accepted");
     // The upstream has it whatever the client heard; an acknowledged push must be served.
     assert_eq!(
@@ -258,7 +260,9 @@ fn abort_after_a_forwarded_push_is_journaled_serves_it_at_once() {
     let work = work_clone(&w, "repo");
     let new = w.git.commit_file(&work, "pushed.txt", "pushed\n", "pushed");
     arm(&mut w.server, "commit-journaled");
-    let push = w.git.try_run(&work, &["push", "-q", "origin", "main"]);
+    // The port changed with the restart.
+    let url = w.server.git_url("repo");
+    let push = w.git.try_run(&work, &["push", "-q", &url, "main"]);
     assert!(
         !push.success(),
         "the server died before acknowledging\n{}",
