@@ -55,21 +55,38 @@ pub const ENV: &str = "CODESTORAGE_FAULT";
 static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
 static HITS: AtomicU64 = AtomicU64::new(0);
 
+/// Parse `<point>[:<n>]`: `None` unless `<point>` is one of [`POINTS`] and `n` is positive.
+fn parse(value: &str) -> Option<(String, u64)> {
+    let (name, n) = match value.split_once(':') {
+        Some((name, n)) => (name, n.trim().parse::<u64>().ok().filter(|n| *n > 0)?),
+        None => (value, 1),
+    };
+    let name = name.trim();
+    POINTS
+        .iter()
+        .any(|(p, _)| *p == name)
+        .then(|| (name.to_owned(), n))
+}
+
 fn armed() -> Option<&'static (String, u64)> {
     ARMED
         .get_or_init(|| {
             let value = std::env::var(ENV).ok()?;
-            let (name, n) = match value.split_once(':') {
-                Some((name, n)) => (name.to_owned(), n.trim().parse().ok()?),
-                None => (value, 1),
-            };
-            if !POINTS.iter().any(|(p, _)| *p == name) {
-                eprintln!("codestorage: {ENV}={name} names no fault point; ignored");
-                return None;
+            let parsed = parse(&value);
+            if parsed.is_none() {
+                eprintln!(
+                    "codestorage: {ENV}={value:?} is not <point>[:<n>] with a known point; ignored"
+                );
             }
-            Some((name, n))
+            parsed
         })
         .as_ref()
+}
+
+/// The armed point and its hit number, if any (read from the environment on first use); the
+/// server logs it at start, loudly.
+pub fn armed_point() -> Option<(&'static str, u64)> {
+    armed().map(|(name, n)| (name.as_str(), *n))
 }
 
 /// Abort the process here if `name` is the armed point (and this is its `n`-th hit).
@@ -94,6 +111,23 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), POINTS.len());
+        assert_eq!(
+            parse("commit-journaled"),
+            Some(("commit-journaled".into(), 1))
+        );
+        assert_eq!(
+            parse("sync-mid-fetch:3"),
+            Some(("sync-mid-fetch".into(), 3))
+        );
+        for bad in [
+            "",
+            "nonsense",
+            "commit-journaled:0",
+            "commit-journaled:x",
+            ":2",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
         if std::env::var_os(ENV).is_none() {
             for (p, _) in POINTS {
                 point(p);

@@ -80,6 +80,11 @@ fn crash_and_recover(server: &mut Server, point: &str) -> Vec<PathBuf> {
         "the abort was the armed point\n{}",
         server.logs()
     );
+    assert!(
+        server.stderr().contains("fault injection armed"),
+        "an armed server says so at start\n{}",
+        server.logs()
+    );
     let left = leftovers(server.data_dir());
     let out = server.fsck();
     assert!(
@@ -304,6 +309,26 @@ fn abort_while_a_push_to_a_local_repo_is_promoted_leaves_the_old_state() {
         Some(&w.git.rev_parse(&work, "HEAD")),
         "the push succeeds once retried"
     );
+}
+
+#[test]
+fn an_unknown_fault_point_is_ignored_with_a_message() {
+    let mut w = World::with_server(Server::builder().env(FAULT, "no-such-point"));
+    w.server.create_local("local");
+    let work = w.git.init("local-work");
+    let id = w.git.commit_file(&work, "a.txt", "a\n", "first");
+    w.git
+        .push(&work, &["-q", &w.server.git_url("local"), "main"]);
+    assert_eq!(served(&w, "local").get("refs/heads/main"), Some(&id));
+    assert!(
+        w.server.stderr().contains(
+            "CODESTORAGE_FAULT=\"no-such-point\" is not <point>[:<n>] with a known point; ignored"
+        ),
+        "{}",
+        w.server.logs()
+    );
+    assert!(w.server.is_running());
+    w.server.stop();
 }
 
 // ---- fsck --rebuild ----

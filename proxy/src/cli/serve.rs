@@ -113,6 +113,14 @@ pub async fn run(
         None => FileConfig::default(),
     };
     let issuers = file.issuer_keys()?;
+    if let Some((point, n)) = codestorage_store::fault::armed_point() {
+        tracing::warn!(
+            point,
+            hit = n,
+            "fault injection armed ({}): the process aborts at this point; for crash tests only",
+            codestorage_store::fault::ENV
+        );
+    }
     let mut config = Config::new(data_dir.to_owned());
     config.listen = args.listen.or(file.listen).unwrap_or(config.listen);
     config.allow_http_upstream =
