@@ -106,8 +106,9 @@ struct Capped<'a, R> {
     inner: R,
     remaining: u64,
     exceeded: &'a AtomicBool,
-    /// Bytes read so far (the `sync-mid-fetch` fault point fires past [`MID_FETCH`]).
-    total: u64,
+    /// Reads and bytes so far (the `sync-mid-fetch` fault point fires past [`MID_FETCH`], not
+    /// on the first read: that one happens before the quarantine exists).
+    total: (u64, u64),
 }
 
 impl<R: Read> Read for Capped<'_, R> {
@@ -126,8 +127,8 @@ impl<R: Read> Read for Capped<'_, R> {
             .len()
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
-        self.total += n as u64;
-        if self.total > MID_FETCH && n > 0 {
+        self.total = (self.total.0 + 1, self.total.1 + n as u64);
+        if self.total.0 > 1 && self.total.1 > MID_FETCH && n > 0 {
             codestorage_store::fault::point("sync-mid-fetch");
         }
         self.remaining -= n as u64;
@@ -445,7 +446,7 @@ pub fn run(
                     inner: &mut reader,
                     remaining: opts.max_fetch_bytes,
                     exceeded: &exceeded,
-                    total: 0,
+                    total: (0, 0),
                 },
             );
             let received = repo.receive_pack(&mut capped, IngestOptions::default(), interrupt);
