@@ -53,7 +53,13 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How often a running sync logs its progress.
     pub sync_progress_interval: Duration,
+    /// Fetches from a mirror last synced longer ago than this get a `remote: warning:` line
+    /// (`None`: never).
+    pub stale_warning_after: Option<Duration>,
 }
+
+/// Default of `--stale-warning-after`, in seconds.
+pub const DEFAULT_STALE_WARNING_SECS: u64 = 3600;
 
 impl Config {
     /// Defaults for `data_dir`.
@@ -76,6 +82,7 @@ impl Config {
             metrics_listen: None,
             shutdown_timeout: Duration::from_secs(30),
             sync_progress_interval: Duration::from_secs(10),
+            stale_warning_after: Some(Duration::from_secs(DEFAULT_STALE_WARNING_SECS)),
         }
     }
 }

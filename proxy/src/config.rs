@@ -119,6 +119,8 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<u64>,
     /// Seconds between sync progress log lines.
     pub sync_progress_interval: Option<u64>,
+    /// `--stale-warning-after`.
+    pub stale_warning_after: Option<u64>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,

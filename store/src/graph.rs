@@ -467,6 +467,7 @@ pub fn append_layer(
     written.inspect_err(|_| drop(fs::remove_file(&tmp)))?;
     // The layer's directory entry must be durable before a chain naming it can be.
     sync_dir(&dir)?;
+    crate::fault::point("graph-layer-written");
     let chain: String = base_hashes
         .iter()
         .chain([&checksum])

@@ -213,6 +213,7 @@ impl Quarantine {
             options,
         )
         .map_err(StoreError::git("index received pack"))?;
+        crate::fault::point("ingest-pack-written");
         let data_path = outcome
             .data_path
             .ok_or_else(|| StoreError::Invalid("indexing produced no pack file".into()))?;

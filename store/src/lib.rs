@@ -34,8 +34,10 @@
 //! - [`fsck`] — verification of a data directory.
 //! - [`walk`] — revision walks (`rev-list --objects`) and want reachability.
 //! - [`fsutil`] — durable file operations.
+//! - [`fault`] — fault-injection points for crash tests (`CODESTORAGE_FAULT`).
 
 pub mod error;
+pub mod fault;
 pub mod fsck;
 pub mod fsutil;
 pub mod graph;

@@ -436,6 +436,7 @@ impl Repo {
             let already = w.state.catalog.packs.iter().any(|p| p.name == name);
             if !already {
                 promote(&qdir, &pack_dir, &name)?;
+                crate::fault::point("commit-pack-promoted");
             }
             let _ = std::fs::remove_dir_all(&qdir);
             new_pack = Some(name);
@@ -455,6 +456,7 @@ impl Repo {
         };
         let promoted = started.elapsed();
         let end = w.journal.append(&record)?;
+        crate::fault::point("commit-journaled");
         let journaled = started.elapsed();
         w.state.apply(&record, end);
         let rid = self.record().id;
@@ -462,6 +464,7 @@ impl Repo {
             // The journal is the truth; the index catches up on the next open.
             tracing::warn!(error = %e, "index update failed; it will be rebuilt from the journal");
         }
+        crate::fault::point("commit-indexed");
 
         let mut packs = view.packs.clone();
         if let Some(name) = &new_pack {

@@ -88,6 +88,12 @@ mod forge_webhooks;
 /// remote URLs, ephemeral pushes, branches, promotion, pull-upstream, credentials, webhooks.
 mod sdk;
 
+/// Crash safety proven with fault points (`CODESTORAGE_FAULT`): an abort at every write step
+/// leaves a data dir that passes fsck and serves the old or the new state; `fsck --rebuild`
+/// recreates a deleted index; an upstream that fails, sends garbage, drops the connection or
+/// vanishes never stops reads, leaves no partial state, is retried with backoff; the stale-state
+/// warning.
+mod faults;
 /// Operability: `/metrics` (requests, bytes, packs, syncs, pushes), `/healthz`, `/readyz`,
 /// `--metrics-listen`, JSON logs, sync progress, graceful shutdown on SIGTERM and its deadline.
 mod ops;

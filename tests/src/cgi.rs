@@ -20,6 +20,10 @@
 //! [`Bridge::request_log`] / [`Bridge::auth_log`] say what arrived; [`Bridge::max_in_flight`] how
 //! many requests were served at once at most.
 //!
+//! Network faults: [`Bridge::set_cut_after`] (pack bodies stop after so many bytes and the
+//! connection is reset), [`Bridge::set_garbage`] (every answer is 200 with a body that is not git
+//! protocol) and [`Bridge::set_vanished`] (connections are closed unanswered as they arrive).
+//!
 //! [`serve`] speaks plain HTTP; [`serve_tls`] the same over TLS (a forge with its own CA).
 //!
 //! Resource accounting ([`Config::stats`]): while a request's child runs, its process tree
@@ -113,6 +117,13 @@ pub struct Bridge {
     /// What the CGI children printed on stderr (for failure messages).
     cgi_stderr: Mutex<String>,
     usage: Usage,
+    /// 0: whole bodies; else pack responses (`git-upload-pack` POSTs) are cut off after this
+    /// many body bytes, the connection reset.
+    cut_after: AtomicU64,
+    /// Every request is answered 200 with bytes that are not git protocol.
+    garbage: AtomicBool,
+    /// Every connection is closed as soon as it is accepted, without an answer.
+    vanished: AtomicBool,
 }
 
 /// Resource accounting of the CGI children (only with [`Config::stats`]).
@@ -214,6 +225,9 @@ impl Bridge {
             max_in_flight: Arc::new(AtomicUsize::new(0)),
             cgi_stderr: Mutex::new(String::new()),
             usage: Usage::default(),
+            cut_after: AtomicU64::new(0),
+            garbage: AtomicBool::new(false),
+            vanished: AtomicBool::new(false),
         })
     }
 
@@ -235,6 +249,25 @@ impl Bridge {
             assert!((100..=599).contains(&s), "not an HTTP status: {s}");
         }
         self.fail.store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// `Some(n)`: the body of every `git-upload-pack` POST (the pack) stops after `n` bytes and
+    /// the connection is reset, as when a network drops mid-pack. `None`: whole bodies.
+    pub fn set_cut_after(&self, bytes: Option<u64>) {
+        self.cut_after
+            .store(bytes.map_or(0, |n| n.max(1)), Ordering::SeqCst);
+    }
+
+    /// `true`: every request is answered `200` with a body that is not git protocol (a
+    /// misconfigured proxy or a captive portal in front of the forge).
+    pub fn set_garbage(&self, on: bool) {
+        self.garbage.store(on, Ordering::SeqCst);
+    }
+
+    /// `true`: the server vanishes: every connection is closed as soon as it is accepted,
+    /// before any answer. `false`: back.
+    pub fn set_vanished(&self, on: bool) {
+        self.vanished.store(on, Ordering::SeqCst);
     }
 
     /// `Some(check)`: every request must carry HTTP Basic credentials that pass `check`, else it
@@ -352,13 +385,18 @@ pub async fn serve_tls(
                 continue;
             }
         };
+        if bridge.vanished.load(Ordering::SeqCst) {
+            drop(stream);
+            continue;
+        }
         let (bridge, acceptor) = (bridge.clone(), acceptor.clone());
         tokio::spawn(async move {
             // A client that does not trust our CA ends here.
             let Ok(tls) = acceptor.accept(stream).await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |req| handle(bridge.clone(), req, peer));
+            let service =
+                hyper::service::service_fn(move |req| serve_request(bridge.clone(), req, peer));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
@@ -376,13 +414,34 @@ pub async fn serve(listener: tokio::net::TcpListener, bridge: Arc<Bridge>) {
                 continue;
             }
         };
+        if bridge.vanished.load(Ordering::SeqCst) {
+            drop(stream);
+            continue;
+        }
         let bridge = bridge.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(bridge.clone(), req, peer));
+            let service =
+                hyper::service::service_fn(move |req| serve_request(bridge.clone(), req, peer));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// [`handle`], unless the server has vanished: then the connection (even a kept-alive one)
+/// closes without an answer.
+async fn serve_request(
+    bridge: Arc<Bridge>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ChannelBody>, std::io::Error> {
+    if bridge.vanished.load(Ordering::SeqCst) {
+        return Err(std::io::Error::other("the upstream vanished"));
+    }
+    match handle(bridge, req, peer).await {
+        Ok(resp) => Ok(resp),
+        Err(never) => match never {},
     }
 }
 
@@ -423,6 +482,18 @@ async fn handle(
             resp.headers_mut().insert("retry-after", v);
         }
         return Ok(resp);
+    }
+    if bridge.garbage.load(Ordering::SeqCst) {
+        let content_type = if req.uri().path().ends_with("/git-upload-pack") {
+            "application/x-git-upload-pack-result"
+        } else {
+            "application/x-git-upload-pack-advertisement"
+        };
+        return Ok(body_response(
+            200,
+            content_type,
+            "<html><body>Please log in to the captive portal</body></html>\n".to_owned(),
+        ));
     }
     if !authorized(&bridge, &req) {
         let mut resp = body_response(401, "text/plain", "authentication required\n".to_owned());
@@ -551,6 +622,15 @@ async fn run_cgi(
 ) -> std::io::Result<Response<ChannelBody>> {
     let (parts, body) = req.into_parts();
     let config = &bridge.config;
+    let cut_after = match bridge.cut_after.load(Ordering::SeqCst) {
+        n if n > 0
+            && parts.method == http::Method::POST
+            && parts.uri.path().ends_with("/git-upload-pack") =>
+        {
+            Some(n)
+        }
+        _ => None,
+    };
     let mut cmd = tokio::process::Command::new(&config.backend);
     cmd.env_clear()
         .env(
@@ -667,7 +747,7 @@ async fn run_cgi(
         stdout,
         rest,
         tx,
-        bridge.clone(),
+        (bridge.clone(), cut_after),
         child,
         (tracking, in_flight),
     ));
@@ -676,14 +756,14 @@ async fn run_cgi(
         .map_err(|e| std::io::Error::other(format!("bad CGI response: {e}")))
 }
 
-/// Sends `first` and then the rest of `stdout` into `tx`, honouring the delay knob; waits for the
+/// Sends `first` and then the rest of `stdout` into `tx`, honouring the delay and cut knobs; waits for the
 /// child at the end (then drops `tracking`). Returns early (killing the child on drop) if the
 /// client went away.
 async fn pump_body(
     mut stdout: impl AsyncRead + Unpin,
     first: Vec<u8>,
     tx: mpsc::Sender<std::io::Result<Bytes>>,
-    bridge: Arc<Bridge>,
+    (bridge, mut cut_after): (Arc<Bridge>, Option<u64>),
     mut child: tokio::process::Child,
     tracking: (Option<Tracking>, InFlight),
 ) {
@@ -692,12 +772,27 @@ async fn pump_body(
     loop {
         while !pending.is_empty() {
             let delay = Duration::from_millis(bridge.delay_per_chunk_ms.load(Ordering::SeqCst));
-            let piece = if delay.is_zero() {
+            let mut piece = if delay.is_zero() {
                 pending.split_to(pending.len())
             } else {
                 tokio::time::sleep(delay).await;
                 pending.split_to(SLOW_CHUNK.min(pending.len()))
             };
+            if let Some(left) = cut_after.as_mut() {
+                if (piece.len() as u64) >= *left {
+                    // The network drops mid-pack: what fits goes out, then the body fails,
+                    // which makes hyper reset the connection (the chunked body never ends).
+                    piece.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+                    if !piece.is_empty() {
+                        let _ = tx.send(Ok(piece)).await;
+                    }
+                    let _ = tx
+                        .send(Err(std::io::Error::other("connection cut by the test")))
+                        .await;
+                    return;
+                }
+                *left -= piece.len() as u64;
+            }
             if tx.send(Ok(piece)).await.is_err() {
                 return;
             }

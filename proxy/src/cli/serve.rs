@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// Seconds a webhook delivery is retried before it is marked failed [default: 86400].
     #[arg(long)]
     pub webhook_retry_window: Option<u64>,
+    /// Warn fetching clients (`remote: warning: …`) when a mirror's last successful sync is
+    /// more than this many seconds old; 0 never warns [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub stale_warning_after: Option<u64>,
     /// Where GitHub repositories are cloned from (a GitHub Enterprise host works)
     /// [default: https://github.com].
     #[arg(long)]
@@ -120,6 +124,14 @@ pub async fn run(
         None => FileConfig::default(),
     };
     let issuers = file.issuer_keys()?;
+    if let Some((point, n)) = codestorage_store::fault::armed_point() {
+        tracing::warn!(
+            point,
+            hit = n,
+            "fault injection armed ({}): the process aborts at this point; for crash tests only",
+            codestorage_store::fault::ENV
+        );
+    }
     let mut config = Config::new(data_dir.to_owned());
     config.listen = args.listen.or(file.listen).unwrap_or(config.listen);
     config.allow_http_upstream =
@@ -144,6 +156,9 @@ pub async fn run(
     }
     if let Some(secs) = args.webhook_retry_window.or(file.webhook_retry_window) {
         config.webhook_retry_window = Duration::from_secs(secs);
+    }
+    if let Some(secs) = args.stale_warning_after.or(file.stale_warning_after) {
+        config.stale_warning_after = (secs > 0).then(|| Duration::from_secs(secs));
     }
     config.github = github_settings(
         args.github_url.or(file.github_url),

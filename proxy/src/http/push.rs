@@ -575,6 +575,7 @@ impl Worker {
         if updates.is_empty() {
             return;
         }
+        codestorage_store::fault::point("push-upstream-accepted");
         let lock = self.app.sync.repo_lock(&self.repo.record().name);
         let _guard = lock.blocking_lock();
         let who = self

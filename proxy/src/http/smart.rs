@@ -216,6 +216,9 @@ async fn upload_pack(
     let (mut writer, response_body) = ChannelWriter::new(8);
     let view = repo.view();
     let recent_tips = repo.recent_tips(ns, app.config.moved_ref_grace);
+    let notice = app
+        .sync
+        .stale_notice(&repo, ns, app.config.stale_warning_after);
     let interrupt = app.interrupt.clone();
     let name = repo.record().name;
     tokio::task::spawn_blocking(move || {
@@ -224,7 +227,7 @@ async fn upload_pack(
             view,
             ns,
             interrupt: &interrupt,
-            notice: None,
+            notice,
             recent_tips,
         };
         let result = if v2 {

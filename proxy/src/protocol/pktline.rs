@@ -239,6 +239,18 @@ impl<W: Write> SidebandWriter<W> {
         }
     }
 
+    /// Send a warning on the progress band: with sideband, even when the client asked for no
+    /// progress (a warning is not progress; git prints it as `remote: …`).
+    pub fn warning(&mut self, message: &str) -> io::Result<()> {
+        if let Some(max) = self.max {
+            self.flush_data()?;
+            let mut pkt = Vec::new();
+            band(&mut pkt, Band::Progress, message.as_bytes(), max);
+            self.inner.write_all(&pkt)?;
+        }
+        Ok(())
+    }
+
     /// Send a progress message (only with sideband and progress enabled).
     pub fn progress(&mut self, message: &str) -> io::Result<()> {
         if let (Some(max), true) = (self.max, self.progress) {

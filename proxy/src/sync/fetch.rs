@@ -192,6 +192,9 @@ impl Progress {
     }
 }
 
+/// How far into a pack the `sync-mid-fetch` fault point sits (the quarantine exists by then).
+const MID_FETCH: u64 = 32 << 10;
+
 /// A reader that fails once more than `limit` bytes were read, and says so in `exceeded`;
 /// counts what it reads into `progress`.
 struct Capped<'a, R> {
@@ -199,6 +202,9 @@ struct Capped<'a, R> {
     remaining: u64,
     exceeded: &'a AtomicBool,
     progress: &'a Progress,
+    /// Reads and bytes so far (the `sync-mid-fetch` fault point fires past [`MID_FETCH`], not
+    /// on the first read: that one happens before the quarantine exists).
+    total: (u64, u64),
 }
 
 impl<R: Read> Read for Capped<'_, R> {
@@ -219,6 +225,10 @@ impl<R: Read> Read for Capped<'_, R> {
             .min(16 << 10)
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
+        self.total = (self.total.0 + 1, self.total.1 + n as u64);
+        if self.total.0 > 1 && self.total.1 > MID_FETCH && n > 0 {
+            codestorage_store::fault::point("sync-mid-fetch");
+        }
         self.remaining -= n as u64;
         self.progress.received(&buf[..n]);
         Ok(n)
@@ -538,6 +548,7 @@ pub fn run(
                     remaining: opts.max_fetch_bytes,
                     exceeded: &exceeded,
                     progress: status,
+                    total: (0, 0),
                 },
             );
             let ingest = IngestOptions {
@@ -621,6 +632,7 @@ pub fn run(
         });
     }
     let n = updates.len();
+    codestorage_store::fault::point("sync-objects-landed");
     let started = std::time::Instant::now();
     status.set_phase(Phase::Committing);
     let outcome = repo.commit(Transaction {
@@ -677,6 +689,7 @@ mod tests {
             remaining: 60,
             exceeded: &exceeded,
             progress: &progress,
+            total: (0, 0),
         };
         let mut buf = Vec::new();
         assert!(r.read_to_end(&mut buf).is_err());

@@ -107,6 +107,15 @@ fn status_key(rid: &str) -> String {
     format!("sync/{rid}")
 }
 
+/// The wait before retrying after `failures` consecutive failed runs, before jitter: 5 s,
+/// doubling per failure, capped at 300 s and at the refresh interval.
+fn backoff(failures: u32, interval: Duration) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs(5 * (1u64 << exp))
+        .min(Duration::from_secs(300))
+        .min(interval)
+}
+
 fn jittered(d: Duration) -> Duration {
     let factor = 0.8 + rand::random::<f64>() * 0.4;
     d.mul_f64(factor)
@@ -197,6 +206,47 @@ impl SyncManager {
         while self.running() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The warning shown to clients that fetch from `repo`'s default namespace when what it
+    /// serves was last synced more than `bound` ago (mirrors only; `None` when fresh enough, for
+    /// local repositories and other namespaces, or with no bound). The age is measured from the
+    /// last successful sync, so it grows while the upstream fails (stale-if-error).
+    pub fn stale_notice(
+        &self,
+        repo: &Repo,
+        ns: codestorage_store::Namespace,
+        bound: Option<Duration>,
+    ) -> Option<String> {
+        let bound = bound?;
+        if ns != codestorage_store::Namespace::Default {
+            return None;
+        }
+        let record = repo.record();
+        record.upstream.as_ref()?;
+        let status = self.status(repo);
+        let last = status
+            .last_success_at
+            .as_deref()
+            .and_then(crate::time::parse_rfc3339)
+            .or(record.first_synced_at)?;
+        let age = now_unix().saturating_sub(last);
+        if age <= bound.as_secs() {
+            return None;
+        }
+        let why = if status.last_error.is_some() {
+            format!(
+                "the last {} sync attempt(s) failed; serving the last good state",
+                status.consecutive_failures.max(1)
+            )
+        } else {
+            "serving the last synced state".to_owned()
+        };
+        Some(format!(
+            "warning: {} was last synced with its upstream {} minutes ago ({why})",
+            record.name,
+            age / 60
+        ))
     }
 
     /// Whether `repo` may be served.
@@ -311,10 +361,8 @@ impl SyncManager {
                     Err(e) => {
                         slot.status.last_error = Some(e);
                         slot.status.consecutive_failures += 1;
-                        let exp = slot.status.consecutive_failures.saturating_sub(1).min(6);
-                        let backoff =
-                            Duration::from_secs(5 * (1u64 << exp)).min(Duration::from_secs(300));
-                        slot.next_due = Some(Instant::now() + jittered(backoff.min(self.interval)));
+                        let wait = backoff(slot.status.consecutive_failures, self.interval);
+                        slot.next_due = Some(Instant::now() + jittered(wait));
                     }
                 }
                 if let Some(until) = throttled {
@@ -537,6 +585,17 @@ async fn log_progress<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_cap() {
+        let hour = Duration::from_secs(3600);
+        let secs: Vec<u64> = (1..=9).map(|f| backoff(f, hour).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(u32::MAX, hour), Duration::from_secs(300));
+        assert_eq!(backoff(0, hour), Duration::from_secs(5));
+        // Never later than the next regular refresh.
+        assert_eq!(backoff(3, Duration::from_secs(8)), Duration::from_secs(8));
+    }
 
     #[test]
     fn intervals_are_jittered_within_a_fifth_either_way() {

@@ -328,6 +328,36 @@ impl Server {
         join_readers(running.readers);
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable of the server process, for
+    /// its next start (a fault point armed with `CODESTORAGE_FAULT`, then disarmed).
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.opts.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.opts.env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
+    /// Waits up to `timeout` for the server to exit by itself (a fault point aborting it);
+    /// its exit status, or `None` if it still runs (it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running = self.running.as_mut()?;
+            match running.child.try_wait() {
+                Ok(Some(status)) => {
+                    if let Some(running) = self.running.take() {
+                        join_readers(running.readers);
+                    }
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Stops the server if it runs (SIGTERM), then starts it again on the same data dir. The port
     /// changes: use `base()`/`git_url()` afterwards.
     pub fn restart(&mut self) {

@@ -11,6 +11,9 @@
 //!   delay (makes a sync take a while);
 //! - [`Upstream::set_fail`]: answer every request with this status, without running git (with
 //!   [`Upstream::set_retry_after`]: and this `Retry-After`);
+//! - [`Upstream::set_cut_after`]: pack responses stop after so many bytes, the connection reset;
+//! - [`Upstream::set_garbage`]: every answer is 200 with a body that is not git protocol;
+//! - [`Upstream::set_vanished`]: connections are closed unanswered (the host is gone);
 //! - [`Upstream::require_basic_auth`]: 401 unless requests carry this Basic credential
 //!   ([`Upstream::require_basic_auth_check`]: unless their credentials pass a check);
 //! - [`Upstream::requests`] / [`Upstream::request_log`] / [`Upstream::auth_log`]: what reached
@@ -162,6 +165,22 @@ impl Upstream {
     /// running git. `None`: back to normal.
     pub fn set_fail(&self, status: Option<u16>) {
         self.bridge.set_fail(status);
+    }
+
+    /// `Some(n)`: pack responses (upload-pack POSTs) stop after `n` body bytes and the
+    /// connection is reset. `None`: whole bodies.
+    pub fn set_cut_after(&self, bytes: Option<u64>) {
+        self.bridge.set_cut_after(bytes);
+    }
+
+    /// `true`: every request is answered 200 with a body that is not git protocol.
+    pub fn set_garbage(&self, on: bool) {
+        self.bridge.set_garbage(on);
+    }
+
+    /// `true`: every connection is closed unanswered as soon as it is accepted.
+    pub fn set_vanished(&self, on: bool) {
+        self.bridge.set_vanished(on);
     }
 
     /// `Some(check)`: every request needs HTTP Basic credentials that pass `check` (401

@@ -92,7 +92,7 @@ pub fn send<W: Write>(
         thin: req.thin_pack,
     };
     if let Some(notice) = &ctx.notice {
-        out.progress(&format!("{notice}\n"))?;
+        out.warning(&format!("{notice}\n"))?;
     }
     let total = match &chosen.selection {
         Selection::Objects(ids) => Some(ids.len()),
