@@ -47,6 +47,10 @@ pub struct Config {
     pub webhook_retry_base: Duration,
     /// How long a webhook delivery is retried before it is marked failed.
     pub webhook_retry_window: Duration,
+    /// Connection, pack-generation, body, header, timeout and rate bounds.
+    pub limits: crate::limits::ServerLimits,
+    /// Syncs running at once (more wait).
+    pub max_concurrent_syncs: usize,
 }
 
 impl Config {
@@ -67,6 +71,8 @@ impl Config {
             max_fetch_bytes: crate::sync::fetch::DEFAULT_MAX_FETCH_BYTES,
             webhook_retry_base: Duration::from_secs(10),
             webhook_retry_window: Duration::from_secs(24 * 3600),
+            limits: Default::default(),
+            max_concurrent_syncs: 4,
         }
     }
 }
@@ -93,6 +99,8 @@ pub struct App {
     pub webhooks: Arc<Webhooks>,
     /// Incoming forge webhooks: delivery dedup and debounced sync requests.
     pub forge_hooks: Arc<crate::sync::forge_hooks::ForgeHooks>,
+    /// Live connection, pack-generation and rate limits.
+    pub throttle: Arc<crate::limits::Throttle>,
 }
 
 /// Why the server cannot start.
@@ -170,6 +178,7 @@ impl App {
         let mut fetch = crate::sync::fetch::FetchOptions::new(config.allow_http_upstream);
         fetch.ca_certs = roots;
         fetch.max_fetch_bytes = config.max_fetch_bytes;
+        fetch.max_concurrent_syncs = config.max_concurrent_syncs;
         let local = auth.clone();
         let webhooks = Webhooks::open(
             &config.data_dir,
@@ -191,6 +200,8 @@ impl App {
             interrupt.clone(),
             webhooks.clone(),
         );
+        let config_limits = config.limits;
+        crate::limits::set_body_idle_timeout(config_limits.body_idle_timeout);
         Ok(Arc::new(App {
             config,
             store,
@@ -202,6 +213,7 @@ impl App {
             credentials,
             webhooks,
             forge_hooks: Arc::new(crate::sync::forge_hooks::ForgeHooks::new()),
+            throttle: Arc::new(crate::limits::Throttle::new(config_limits)),
         }))
     }
 }

@@ -9,6 +9,7 @@
 //! - [`protocol`] — pkt-line framing and the upload-pack engine (v0/v1/v2), over bytes.
 //! - [`sync`] — fetching from upstreams, scheduling, sync status, public-mode ref updates,
 //!   incoming forge webhooks.
+//! - [`limits`] — connection, pack-generation, body, header and rate bounds.
 //! - [`cli`] — the client side of the `repo` subcommands.
 //! - [`config`] — the config file and its merge with the command line.
 //! - [`expiry`] — expiry of ephemeral refs.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod expiry;
 pub mod http;
+pub mod limits;
 pub mod protocol;
 pub mod secrets;
 pub mod server;

@@ -87,3 +87,8 @@ mod forge_webhooks;
 /// The official Python SDK (`pierre-storage`) drives a GitHub mirror over TLS end to end:
 /// remote URLs, ephemeral pushes, branches, promotion, pull-upstream, credentials, webhooks.
 mod sdk;
+
+/// Server limits (body, header, pkt-line, object and ref counts, timeouts, per-token rate):
+/// clear errors and nothing changed when exceeded; connection and pack slots queue; 64
+/// concurrent clones pass with the defaults; a full disk fails a push cleanly.
+mod limits;

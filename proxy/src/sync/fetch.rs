@@ -82,6 +82,8 @@ pub struct FetchOptions {
     pub ca_certs: Vec<reqwest::Certificate>,
     /// Largest pack one sync may receive, in bytes (`--max-fetch-bytes`).
     pub max_fetch_bytes: u64,
+    /// Syncs running at once, across all hosts (`--max-concurrent-syncs`).
+    pub max_concurrent_syncs: usize,
 }
 
 /// The default of `--max-fetch-bytes`: 8 GiB.
@@ -94,6 +96,7 @@ impl FetchOptions {
             allow_http,
             ca_certs: Vec::new(),
             max_fetch_bytes: DEFAULT_MAX_FETCH_BYTES,
+            max_concurrent_syncs: 4,
         }
     }
 }

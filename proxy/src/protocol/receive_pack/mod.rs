@@ -110,6 +110,44 @@ fn parse_id(s: &str, line: &str) -> Result<ObjectId, RequestError> {
 /// before the pack; `max_commands` bounds the list.
 pub fn read_request(r: &mut dyn io::Read, max_commands: usize) -> Result<Request, RequestError> {
     let mut req = Request::default();
+    read_into(r, max_commands, &mut req)?;
+    Ok(req)
+}
+
+/// [`read_request`], and on failure the answer to send: the error in the framing the client
+/// asked for before it went wrong (sideband 3 after `side-band-64k`, else an `ERR` pkt-line),
+/// so git prints it rather than a protocol error.
+pub fn read_request_or_refusal(
+    r: &mut dyn io::Read,
+    max_commands: usize,
+) -> Result<Request, (RequestError, Vec<u8>)> {
+    let mut req = Request::default();
+    match read_into(r, max_commands, &mut req) {
+        Ok(()) => Ok(req),
+        Err(e) => {
+            let mut out = Vec::new();
+            if req.caps.sideband {
+                let msg = format!("error: {e}\n");
+                pktline::band(
+                    &mut out,
+                    pktline::Band::Error,
+                    msg.as_bytes(),
+                    pktline::MAX_SIDEBAND_DATA,
+                );
+                pktline::flush(&mut out);
+            } else {
+                pktline::err(&mut out, &e.to_string());
+            }
+            Err((e, out))
+        }
+    }
+}
+
+fn read_into(
+    r: &mut dyn io::Read,
+    max_commands: usize,
+    req: &mut Request,
+) -> Result<(), RequestError> {
     let mut buf = Vec::new();
     let mut first = true;
     loop {
@@ -120,7 +158,7 @@ pub fn read_request(r: &mut dyn io::Read, max_commands: usize) -> Result<Request
             }
             pktline::Read::Eof => {
                 if req.commands.is_empty() && first {
-                    return Ok(req);
+                    return Ok(());
                 }
                 return Err(RequestError::Truncated);
             }
@@ -196,7 +234,7 @@ pub fn read_request(r: &mut dyn io::Read, max_commands: usize) -> Result<Request
             }
         }
     }
-    Ok(req)
+    Ok(())
 }
 
 /// The receive-pack ref advertisement (without the smart-HTTP `# service=` preamble).
