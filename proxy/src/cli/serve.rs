@@ -325,3 +325,46 @@ pub async fn run(
     crate::server::serve(listener, tls, app, shutdown).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let mut argv = vec!["serve"];
+        argv.extend_from_slice(extra);
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .expect("parses")
+            .serve
+    }
+
+    #[test]
+    fn limit_flags_override_the_file_and_zero_is_refused() {
+        let file: FileConfig = toml::from_str(
+            "max_connections = 7\nmax_pack_generations = 3\nrate_limit = 60\n\
+             body_idle_timeout = 5\nmax_push_refs = 9\n",
+        )
+        .expect("toml");
+        let mut config = Config::new("/tmp/x".into());
+        apply_limits(&mut config, &args(&["--max-connections", "2"]), &file).expect("ok");
+        assert_eq!(config.limits.max_connections, 2, "the flag wins");
+        assert_eq!(config.limits.max_pack_generations, 3);
+        assert_eq!(config.limits.rate_per_minute, Some(60));
+        assert_eq!(config.limits.body_idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.push_limits.max_commands, 9);
+        let defaults = Config::new("/tmp/x".into());
+        assert_eq!(
+            defaults.limits.rate_per_minute, None,
+            "rate limit off by default"
+        );
+        let mut config = Config::new("/tmp/x".into());
+        let err =
+            apply_limits(&mut config, &args(&["--max-connections", "0"]), &file).expect_err("zero");
+        assert!(err.to_string().contains("--max-connections"), "{err}");
+    }
+}

@@ -394,6 +394,28 @@ mod tests {
     const Z: &str = "0000000000000000000000000000000000000000";
 
     #[test]
+    fn refusals_use_the_framing_the_client_asked_for() {
+        for (caps, sideband) in [
+            ("report-status side-band-64k", true),
+            ("report-status", false),
+        ] {
+            let mut input = Vec::new();
+            pktline::data(
+                &mut input,
+                format!("{Z} {A} refs/heads/a\0{caps}\n").as_bytes(),
+            );
+            pktline::line(&mut input, &format!("{Z} {A} refs/heads/b"));
+            pktline::flush(&mut input);
+            let (e, answer) =
+                read_request_or_refusal(&mut std::io::Cursor::new(input), 1).expect_err("too many");
+            assert!(matches!(e, RequestError::TooManyCommands(1)));
+            // A pkt-line whose payload starts with band 3, or an ERR line.
+            assert_eq!(answer[4] == 3, sideband, "{answer:?}");
+            assert_eq!(answer[4..].starts_with(b"ERR "), !sideband, "{answer:?}");
+        }
+    }
+
+    #[test]
     fn reads_commands_caps_and_options_and_stops_before_the_pack() {
         let mut input = Vec::new();
         let first = format!(
