@@ -29,7 +29,7 @@
 //! max_request_bytes = 33554432   # upload-pack request body (after gzip)
 //! max_object_bytes = 1073741824  # one pushed object
 //! max_push_refs = 10000          # ref updates in one push
-//! max_pktlines = 100000          # pkt-lines in one upload-pack request
+//! max_pktlines = 1000000         # pkt-lines in one upload-pack request
 //! max_header_bytes = 65536       # request line and headers
 //! header_read_timeout = 30       # seconds; also closes idle keep-alive connections
 //! body_idle_timeout = 60         # seconds without request-body bytes

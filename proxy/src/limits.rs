@@ -48,7 +48,8 @@ impl Default for ServerLimits {
             body_idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_pack_generations: (2 * cpus).max(4),
-            max_pktlines: 100_000,
+            // A mirror clone of a repo with many tags sends one `want` per tip.
+            max_pktlines: 1_000_000,
             rate_per_minute: None,
         }
     }

@@ -182,7 +182,8 @@ fn push_with_an_object_over_max_object_bytes_is_refused_and_changes_nothing() {
         .commit_file(&work, "big.bin", pseudo_random_bytes(400_000, 5), "big");
     let out = w.git.run_fail(&work, &["push", "cs", "main"]);
     assert!(
-        out.stderr.contains("remote") || out.stderr.contains("ng"),
+        out.stderr
+            .contains("an object in the pack is larger than the limit of 100000 bytes"),
         "the server says why: {}",
         tail(&out.stderr, 3000)
     );
@@ -207,7 +208,8 @@ fn oversized_headers_are_431_and_the_server_stays_healthy() {
     let _ = s.write_all(head.as_bytes());
     let answer = read_all(s);
     assert!(answer.starts_with("HTTP/1.1 431"), "{}", tail(&answer, 300));
-    assert_eq!(w.server.list_repos(), w.server.list_repos());
+    // Still healthy: a normal request works.
+    w.server.create_local("after");
 }
 
 #[test]

@@ -92,7 +92,7 @@ pub struct ServeArgs {
     /// Most ref updates in one push [default: 10000].
     #[arg(long)]
     pub max_push_refs: Option<usize>,
-    /// Most pkt-lines in one upload-pack request [default: 100000].
+    /// Most pkt-lines in one upload-pack request [default: 1000000].
     #[arg(long)]
     pub max_pktlines: Option<usize>,
     /// Largest request line plus headers, in bytes; more is 431 [default: 64 KiB, at least 8 KiB].
