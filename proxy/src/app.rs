@@ -56,6 +56,10 @@ pub struct Config {
     /// Fetches from a mirror last synced longer ago than this get a `remote: warning:` line
     /// (`None`: never).
     pub stale_warning_after: Option<Duration>,
+    /// Connection, pack-generation, body, header, timeout and rate bounds.
+    pub limits: crate::limits::ServerLimits,
+    /// Syncs running at once (more wait).
+    pub max_concurrent_syncs: usize,
 }
 
 /// Default of `--stale-warning-after`, in seconds.
@@ -83,6 +87,8 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             sync_progress_interval: Duration::from_secs(10),
             stale_warning_after: Some(Duration::from_secs(DEFAULT_STALE_WARNING_SECS)),
+            limits: Default::default(),
+            max_concurrent_syncs: 4,
         }
     }
 }
@@ -109,6 +115,8 @@ pub struct App {
     pub webhooks: Arc<Webhooks>,
     /// Incoming forge webhooks: delivery dedup and debounced sync requests.
     pub forge_hooks: Arc<crate::sync::forge_hooks::ForgeHooks>,
+    /// Live connection, pack-generation and rate limits.
+    pub throttle: Arc<crate::limits::Throttle>,
 }
 
 /// Why the server cannot start.
@@ -187,6 +195,7 @@ impl App {
         fetch.ca_certs = roots;
         fetch.max_fetch_bytes = config.max_fetch_bytes;
         fetch.progress_interval = config.sync_progress_interval;
+        fetch.max_concurrent_syncs = config.max_concurrent_syncs;
         let local = auth.clone();
         let webhooks = Webhooks::open(
             &config.data_dir,
@@ -208,6 +217,8 @@ impl App {
             interrupt.clone(),
             webhooks.clone(),
         );
+        let config_limits = config.limits;
+        crate::limits::set_body_idle_timeout(config_limits.body_idle_timeout);
         Ok(Arc::new(App {
             config,
             store,
@@ -219,6 +230,7 @@ impl App {
             credentials,
             webhooks,
             forge_hooks: Arc::new(crate::sync::forge_hooks::ForgeHooks::new()),
+            throttle: Arc::new(crate::limits::Throttle::new(config_limits)),
         }))
     }
 }

@@ -27,6 +27,19 @@
 //! metrics_listen = "127.0.0.1:9090"   # serve /metrics here instead of on `listen`
 //! shutdown_timeout = 30       # seconds shutdown waits for in-flight pushes and syncs
 //! sync_progress_interval = 10 # seconds between a running sync's progress log lines
+//! # limits (see README "Limits"); each also a `codestorage serve` flag
+//! max_json_bytes = 1048576       # REST request body
+//! max_request_bytes = 33554432   # upload-pack request body (after gzip)
+//! max_object_bytes = 1073741824  # one pushed object
+//! max_push_refs = 10000          # ref updates in one push
+//! max_pktlines = 1000000         # pkt-lines in one upload-pack request
+//! max_header_bytes = 65536       # request line and headers
+//! header_read_timeout = 30       # seconds; also closes idle keep-alive connections
+//! body_idle_timeout = 60         # seconds without request-body bytes
+//! max_connections = 1024         # more wait in the listen backlog
+//! max_pack_generations = 8       # default 2 x CPUs (at least 4); more wait
+//! max_concurrent_syncs = 4
+//! rate_limit = 600               # requests per minute per token `sub`; off by default
 //!
 //! [[issuers]]
 //! org = "acme"                # the JWT `iss`
@@ -121,6 +134,30 @@ pub struct FileConfig {
     pub sync_progress_interval: Option<u64>,
     /// `--stale-warning-after`.
     pub stale_warning_after: Option<u64>,
+    /// Largest REST (JSON) request body, bytes.
+    pub max_json_bytes: Option<usize>,
+    /// Largest upload-pack request body (after gzip), bytes.
+    pub max_request_bytes: Option<usize>,
+    /// Largest pushed object, bytes.
+    pub max_object_bytes: Option<usize>,
+    /// Most ref updates in one push.
+    pub max_push_refs: Option<usize>,
+    /// Most pkt-lines in one upload-pack request.
+    pub max_pktlines: Option<usize>,
+    /// Largest request head, bytes.
+    pub max_header_bytes: Option<usize>,
+    /// Seconds to send a request head (and keep-alive idle time).
+    pub header_read_timeout: Option<u64>,
+    /// Seconds without request-body bytes before the request fails.
+    pub body_idle_timeout: Option<u64>,
+    /// Connections served at once.
+    pub max_connections: Option<usize>,
+    /// Pack generations at once.
+    pub max_pack_generations: Option<usize>,
+    /// Syncs at once.
+    pub max_concurrent_syncs: Option<usize>,
+    /// Requests per minute per token `sub`.
+    pub rate_limit: Option<u32>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,

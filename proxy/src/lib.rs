@@ -9,6 +9,7 @@
 //! - [`protocol`] — pkt-line framing and the upload-pack engine (v0/v1/v2), over bytes.
 //! - [`sync`] — fetching from upstreams, scheduling, sync status, public-mode ref updates,
 //!   incoming forge webhooks.
+//! - [`limits`] — connection, pack-generation, body, header and rate bounds.
 //! - [`cli`] — the client side of the `repo` subcommands.
 //! - [`config`] — the config file and its merge with the command line.
 //! - [`expiry`] — expiry of ephemeral refs.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod expiry;
 pub mod http;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
@@ -47,12 +47,22 @@ pub async fn serve(
         None => (None, None),
     };
     tokio::pin!(shutdown);
+    let slots = app.throttle.connections.clone();
     loop {
+        // Take a connection slot before accepting: while all are in use, new connections
+        // wait in the listen backlog (queue) rather than being refused.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    serve_connection(&app, graceful.watcher(), TokioIo::new(stream));
+                    serve_connection(&app, graceful.watcher(), TokioIo::new(stream), permit);
                 }
                 Err(e) => accept_failed(e).await,
             },
@@ -63,7 +73,7 @@ pub async fn serve(
                     let Some(acceptor) = acceptor.clone() else { continue };
                     tokio::spawn(async move {
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => serve_connection(&app, watcher, TokioIo::new(tls)),
+                            Ok(Ok(tls)) => serve_connection(&app, watcher, TokioIo::new(tls), permit),
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!("TLS handshake timed out"),
                         }
@@ -153,22 +163,45 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-fn serve_connection<I>(app: &Arc<App>, watcher: Watcher, io: TokioIo<I>)
-where
+fn serve_connection<I>(
+    app: &Arc<App>,
+    watcher: Watcher,
+    io: TokioIo<I>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = app.throttle.limits;
     let app = app.clone();
     let service = service_fn(move |req| {
         let app = app.clone();
         async move { Ok::<_, Infallible>(crate::http::handle(app, req).await) }
     });
-    let conn = Builder::new(TokioExecutor::new())
+    let conn = connection_builder(&limits)
         .serve_connection(io, service)
         .into_owned();
     let conn = watcher.watch(conn);
     tokio::spawn(async move {
+        let _permit = permit;
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     });
+}
+
+/// The HTTP/1 and HTTP/2 settings from the limits: request-head size (431 beyond it) and the
+/// header-read timeout, which also closes idle keep-alive connections.
+fn connection_builder(limits: &crate::limits::ServerLimits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper's floor for its read buffer is 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
 }

@@ -212,7 +212,19 @@ impl Quarantine {
             gix_hash::Kind::Sha1,
             options,
         )
-        .map_err(StoreError::git("index received pack"))?;
+        .map_err(|e| match opts.max_object_bytes {
+            // Say which limit, rather than gix's allocation-limit diagnostic.
+            Some(max)
+                if e.classify().has(gix_error::Class::ResourceExhaustion(
+                    gix_error::ResourceExhaustionKind::AllocationLimit,
+                )) =>
+            {
+                StoreError::Invalid(format!(
+                    "an object in the pack is larger than the limit of {max} bytes"
+                ))
+            }
+            _ => StoreError::git("index received pack")(e),
+        })?;
         crate::fault::point("ingest-pack-written");
         let data_path = outcome
             .data_path

@@ -94,6 +94,10 @@ mod sdk;
 /// vanishes never stops reads, leaves no partial state, is retried with backoff; the stale-state
 /// warning.
 mod faults;
+/// Server limits (body, header, pkt-line, object and ref counts, timeouts, per-token rate):
+/// clear errors and nothing changed when exceeded; connection and pack slots queue; 64
+/// concurrent clones pass with the defaults; a full disk fails a push cleanly.
+mod limits;
 /// Operability: `/metrics` (requests, bytes, packs, syncs, pushes), `/healthz`, `/readyz`,
 /// `--metrics-listen`, JSON logs, sync progress, graceful shutdown on SIGTERM and its deadline.
 mod ops;

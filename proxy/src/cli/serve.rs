@@ -83,6 +83,45 @@ pub struct ServeArgs {
     /// GitHub App private key (PEM, PKCS#1 or PKCS#8).
     #[arg(long, value_name = "FILE")]
     pub github_app_key: Option<PathBuf>,
+    /// Largest REST (JSON) request body, in bytes; more is 413 [default: 1 MiB].
+    #[arg(long)]
+    pub max_json_bytes: Option<usize>,
+    /// Largest upload-pack request body after gzip decoding, in bytes; more is 413
+    /// [default: 32 MiB].
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    /// Largest single object a push may contain, in bytes [default: 1 GiB].
+    #[arg(long)]
+    pub max_object_bytes: Option<usize>,
+    /// Most ref updates in one push [default: 10000].
+    #[arg(long)]
+    pub max_push_refs: Option<usize>,
+    /// Most pkt-lines in one upload-pack request [default: 1000000].
+    #[arg(long)]
+    pub max_pktlines: Option<usize>,
+    /// Largest request line plus headers, in bytes; more is 431 [default: 64 KiB, at least 8 KiB].
+    #[arg(long)]
+    pub max_header_bytes: Option<usize>,
+    /// Seconds a client may take to send a request's headers; also how long an idle keep-alive
+    /// connection stays open [default: 30].
+    #[arg(long)]
+    pub header_read_timeout: Option<u64>,
+    /// Seconds a request body may pause before the request fails with 408 [default: 60].
+    #[arg(long)]
+    pub body_idle_timeout: Option<u64>,
+    /// Connections served at once; more wait in the listen backlog [default: 1024].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Pack generations (clone/fetch responses) at once; more wait [default: 2 x CPUs, at least 4].
+    #[arg(long)]
+    pub max_pack_generations: Option<usize>,
+    /// Syncs from upstreams at once; more wait [default: 4].
+    #[arg(long)]
+    pub max_concurrent_syncs: Option<usize>,
+    /// Requests per minute per token subject (`sub`); more get 429 with Retry-After
+    /// [default: off].
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
     /// Secret of incoming GitHub webhooks (`POST /webhooks/github`).
     #[arg(long, env = "CODESTORAGE_GITHUB_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub github_webhook_secret: Option<Secret>,
@@ -113,6 +152,89 @@ fn parse_secret(s: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::new(s))
 }
 
+/// Merge the limit flags and file keys into `config` (flags win); zero is refused.
+fn apply_limits(config: &mut Config, args: &ServeArgs, file: &FileConfig) -> Result<()> {
+    fn pick<T: Copy + PartialEq + Default>(
+        flag: &str,
+        arg: Option<T>,
+        file: Option<T>,
+    ) -> Result<Option<T>> {
+        let v = arg.or(file);
+        anyhow::ensure!(v != Some(T::default()), "--{flag} must be positive");
+        Ok(v)
+    }
+    let l = &mut config.limits;
+    if let Some(v) = pick("max-json-bytes", args.max_json_bytes, file.max_json_bytes)? {
+        l.max_json_bytes = v;
+    }
+    if let Some(v) = pick(
+        "max-request-bytes",
+        args.max_request_bytes,
+        file.max_request_bytes,
+    )? {
+        config.max_request_bytes = v;
+    }
+    if let Some(v) = pick(
+        "max-object-bytes",
+        args.max_object_bytes,
+        file.max_object_bytes,
+    )? {
+        config.push_limits.max_object_bytes = v;
+    }
+    if let Some(v) = pick("max-push-refs", args.max_push_refs, file.max_push_refs)? {
+        config.push_limits.max_commands = v;
+    }
+    if let Some(v) = pick("max-pktlines", args.max_pktlines, file.max_pktlines)? {
+        l.max_pktlines = v;
+    }
+    if let Some(v) = pick(
+        "max-header-bytes",
+        args.max_header_bytes,
+        file.max_header_bytes,
+    )? {
+        l.max_header_bytes = v;
+    }
+    if let Some(v) = pick(
+        "header-read-timeout",
+        args.header_read_timeout,
+        file.header_read_timeout,
+    )? {
+        l.header_read_timeout = Duration::from_secs(v);
+    }
+    if let Some(v) = pick(
+        "body-idle-timeout",
+        args.body_idle_timeout,
+        file.body_idle_timeout,
+    )? {
+        l.body_idle_timeout = Duration::from_secs(v);
+    }
+    if let Some(v) = pick(
+        "max-connections",
+        args.max_connections,
+        file.max_connections,
+    )? {
+        l.max_connections = v;
+    }
+    if let Some(v) = pick(
+        "max-pack-generations",
+        args.max_pack_generations,
+        file.max_pack_generations,
+    )? {
+        l.max_pack_generations = v;
+    }
+    if let Some(v) = pick(
+        "max-concurrent-syncs",
+        args.max_concurrent_syncs,
+        file.max_concurrent_syncs,
+    )? {
+        config.max_concurrent_syncs = v;
+    }
+    if let Some(v) = pick("rate-limit", args.rate_limit, file.rate_limit)? {
+        l.rate_per_minute = Some(v);
+    }
+    Ok(())
+}
+
 /// Run the server on `data_dir` until `shutdown`.
 pub async fn run(
     data_dir: &Path,
@@ -133,6 +255,7 @@ pub async fn run(
         );
     }
     let mut config = Config::new(data_dir.to_owned());
+    apply_limits(&mut config, &args, &file)?;
     config.listen = args.listen.or(file.listen).unwrap_or(config.listen);
     config.allow_http_upstream =
         args.allow_http_upstream || file.allow_http_upstream.unwrap_or(false);
@@ -248,4 +371,47 @@ pub async fn run(
     };
     crate::server::serve(listener, tls, metrics, app, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let mut argv = vec!["serve"];
+        argv.extend_from_slice(extra);
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .expect("parses")
+            .serve
+    }
+
+    #[test]
+    fn limit_flags_override_the_file_and_zero_is_refused() {
+        let file: FileConfig = toml::from_str(
+            "max_connections = 7\nmax_pack_generations = 3\nrate_limit = 60\n\
+             body_idle_timeout = 5\nmax_push_refs = 9\n",
+        )
+        .expect("toml");
+        let mut config = Config::new("/tmp/x".into());
+        apply_limits(&mut config, &args(&["--max-connections", "2"]), &file).expect("ok");
+        assert_eq!(config.limits.max_connections, 2, "the flag wins");
+        assert_eq!(config.limits.max_pack_generations, 3);
+        assert_eq!(config.limits.rate_per_minute, Some(60));
+        assert_eq!(config.limits.body_idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.push_limits.max_commands, 9);
+        let defaults = Config::new("/tmp/x".into());
+        assert_eq!(
+            defaults.limits.rate_per_minute, None,
+            "rate limit off by default"
+        );
+        let mut config = Config::new("/tmp/x".into());
+        let err =
+            apply_limits(&mut config, &args(&["--max-connections", "0"]), &file).expect_err("zero");
+        assert!(err.to_string().contains("--max-connections"), "{err}");
+    }
 }

@@ -18,9 +18,13 @@ fn to_api(d: Denied) -> ApiError {
     }
 }
 
-/// The verified caller.
+/// The verified caller, counted against the per-token request rate (429 when over it).
 pub fn identify(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
-    app.auth.authenticate(headers).map_err(to_api)
+    let id = app.auth.authenticate(headers).map_err(to_api)?;
+    app.throttle
+        .check_rate(id.claims.sub.as_deref().unwrap_or_default())
+        .map_err(ApiError::too_many_requests)?;
+    Ok(id)
 }
 
 /// The organisation owning `repo`.

@@ -33,6 +33,33 @@ pub enum BodyError {
     /// An encoding other than gzip.
     #[error("unsupported content encoding {0:?}")]
     Encoding(String),
+    /// No body bytes arrived for too long.
+    #[error("request body timed out: no data for {0} s")]
+    Timeout(u64),
+    /// The gzip body expands more than [`crate::limits::MAX_GZIP_RATIO`] times.
+    #[error("gzip request body expands more than {0} times")]
+    GzipRatio(usize),
+}
+
+impl BodyError {
+    /// The HTTP status that answers this: 413 too large, 408 too slow, 400 otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            BodyError::TooLarge(_) | BodyError::GzipRatio(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Timeout(_) => http::StatusCode::REQUEST_TIMEOUT,
+            _ => http::StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// The next frame of `body`, or a timeout error after [`crate::limits::body_idle_timeout`].
+async fn next_frame(
+    body: &mut Incoming,
+) -> Result<Option<Result<Frame<Bytes>, hyper::Error>>, BodyError> {
+    let idle = crate::limits::body_idle_timeout();
+    tokio::time::timeout(idle, body.frame())
+        .await
+        .map_err(|_| BodyError::Timeout(idle.as_secs()))
 }
 
 /// Read a whole request body of at most `limit` bytes (after gzip decoding, if `encoding` says so).
@@ -42,7 +69,7 @@ pub async fn read_limited(
     encoding: Option<&str>,
 ) -> Result<Vec<u8>, BodyError> {
     let mut raw = Vec::new();
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = next_frame(&mut body).await? {
         if let Ok(data) = frame?.into_data() {
             if raw.len() + data.len() > limit {
                 return Err(BodyError::TooLarge(limit));
@@ -53,11 +80,19 @@ pub async fn read_limited(
     match encoding.map(str::trim) {
         None | Some("") | Some("identity") => Ok(raw),
         Some("gzip") | Some("x-gzip") => {
+            let ratio = crate::limits::MAX_GZIP_RATIO;
+            // Bound the output by the limit and by the expansion ratio (with 64 KiB of slack
+            // for tiny bodies), whichever is smaller, before inflating a byte.
+            let cap = limit.min(raw.len().saturating_mul(ratio).saturating_add(64 << 10));
             let mut out = Vec::new();
-            let mut decoder = flate2::read::GzDecoder::new(raw.as_slice()).take(limit as u64 + 1);
+            let mut decoder = flate2::read::GzDecoder::new(raw.as_slice()).take(cap as u64 + 1);
             decoder.read_to_end(&mut out).map_err(BodyError::BadGzip)?;
-            if out.len() > limit {
-                return Err(BodyError::TooLarge(limit));
+            if out.len() > cap {
+                return Err(if cap < limit {
+                    BodyError::GzipRatio(ratio)
+                } else {
+                    BodyError::TooLarge(limit)
+                });
             }
             Ok(out)
         }
@@ -144,7 +179,20 @@ impl ChannelReader {
     pub fn spawn(mut body: Incoming, depth: usize) -> ChannelReader {
         let (tx, rx) = mpsc::channel(depth);
         tokio::spawn(async move {
-            while let Some(frame) = body.frame().await {
+            loop {
+                let frame = match next_frame(&mut body).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                e.to_string(),
+                            )))
+                            .await;
+                        break;
+                    }
+                };
                 let item = match frame {
                     Ok(f) => match f.into_data() {
                         Ok(data) => Ok(data),

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// The message shown to the client.
     pub message: String,
+    /// Seconds to send as `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 /// The challenge sent with 401s, so git's credential helpers fire.
@@ -24,6 +26,18 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429: over the request rate; retry after `seconds`.
+    pub fn too_many_requests(seconds: u64) -> Self {
+        ApiError {
+            retry_after: Some(seconds),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("request rate limit exceeded; retry after {seconds} s"),
+            )
         }
     }
 
@@ -54,7 +68,10 @@ impl ApiError {
     }
 
     fn builder(&self) -> http::response::Builder {
-        let b = Response::builder().status(self.status);
+        let mut b = Response::builder().status(self.status);
+        if let Some(secs) = self.retry_after {
+            b = b.header(header::RETRY_AFTER, secs.to_string());
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             b.header(header::WWW_AUTHENTICATE, CHALLENGE)
         } else {

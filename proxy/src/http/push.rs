@@ -247,12 +247,11 @@ impl Worker {
 
     fn run(mut self, input: ChannelReader) {
         let mut input = BufReader::with_capacity(64 << 10, input);
-        let req = match receive_pack::read_request(&mut input, self.limits.max_commands) {
+        let req = match receive_pack::read_request_or_refusal(&mut input, self.limits.max_commands)
+        {
             Ok(r) => r,
-            Err(e) => {
-                let mut err = Vec::new();
-                pktline::err(&mut err, &e.to_string());
-                let _ = self.client.write_all(&err);
+            Err((_, answer)) => {
+                let _ = self.client.write_all(&answer);
                 return;
             }
         };

@@ -206,13 +206,24 @@ async fn upload_pack(
         encoding.as_deref(),
     )
     .await
-    .map_err(|e| match e {
-        super::body::BodyError::TooLarge(_) => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-        }
-        super::body::BodyError::Read(_) => ApiError::bad_request(e.to_string()),
-        _ => ApiError::bad_request(e.to_string()),
-    })?;
+    .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
+    if let Err(max) = crate::limits::check_pktlines(&body, app.throttle.limits.max_pktlines) {
+        // A git ERR packet: the client prints it and changes nothing.
+        let mut err = Vec::new();
+        pktline::err(&mut err, &format!("request has more than {max} pkt-lines"));
+        return no_cache(Response::builder())
+            .header(header::CONTENT_TYPE, "application/x-git-upload-pack-result")
+            .body(full(err))
+            .map_err(ApiError::internal);
+    }
+    // Queue for a pack-generation slot (waiting, never failing); held until the pack is sent.
+    let permit = app
+        .throttle
+        .packs
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
     let (mut writer, response_body) = ChannelWriter::new(8);
     let view = repo.view();
     let recent_tips = repo.recent_tips(ns, app.config.moved_ref_grace);
@@ -222,6 +233,7 @@ async fn upload_pack(
     let interrupt = app.interrupt.clone();
     let name = repo.record().name;
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let _span = tracing::info_span!("upload-pack", repo = %name, ns = %ns, v2).entered();
         let ctx = Context {
             view,
@@ -286,13 +298,11 @@ async fn receive_pack(
     tokio::task::spawn_blocking(move || {
         let _span = tracing::info_span!("receive-pack", repo = %name, ns = %ns).entered();
         let mut input = std::io::BufReader::with_capacity(64 << 10, input);
-        let request = match receive_pack::read_request(&mut input, limits.max_commands) {
+        let request = match receive_pack::read_request_or_refusal(&mut input, limits.max_commands) {
             Ok(r) => r,
-            Err(e) => {
+            Err((e, answer)) => {
                 tracing::debug!(error = %e, "push request refused");
-                let mut err = Vec::new();
-                pktline::err(&mut err, &e.to_string());
-                let _ = std::io::Write::write_all(&mut writer, &err);
+                let _ = std::io::Write::write_all(&mut writer, &answer);
                 return;
             }
         };

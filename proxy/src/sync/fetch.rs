@@ -84,6 +84,8 @@ pub struct FetchOptions {
     pub max_fetch_bytes: u64,
     /// How often a running sync logs its progress (`--sync-progress-interval`).
     pub progress_interval: Duration,
+    /// Syncs running at once, across all hosts (`--max-concurrent-syncs`).
+    pub max_concurrent_syncs: usize,
 }
 
 /// The default of `--max-fetch-bytes`: 8 GiB.
@@ -97,6 +99,7 @@ impl FetchOptions {
             ca_certs: Vec::new(),
             max_fetch_bytes: DEFAULT_MAX_FETCH_BYTES,
             progress_interval: Duration::from_secs(10),
+            max_concurrent_syncs: 4,
         }
     }
 }

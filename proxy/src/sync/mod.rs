@@ -161,13 +161,14 @@ impl SyncManager {
                 },
             );
         }
+        let sync_limit = fetch.max_concurrent_syncs.max(1);
         Arc::new(SyncManager {
             store,
             credentials,
             fetch: Arc::new(fetch),
             interval,
             slots: Mutex::new(slots),
-            limit: Semaphore::new(4),
+            limit: Semaphore::new(sync_limit),
             hosts: Hosts::new(politeness::PER_HOST_SYNCS),
             probe,
             interrupt,

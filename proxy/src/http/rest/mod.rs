@@ -30,9 +30,6 @@ use crate::app::App;
 use crate::auth::Identity;
 use crate::sync::{Gate, SYNC_IN_PROGRESS};
 
-/// Largest JSON request body accepted.
-const MAX_JSON: usize = 1 << 20;
-
 pub(super) fn json_response(status: StatusCode, value: Value) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -66,7 +63,7 @@ pub(super) struct Call {
 }
 
 impl Call {
-    async fn read(req: Request<Incoming>) -> Result<(Call, Method), ApiError> {
+    async fn read(req: Request<Incoming>, max_json: usize) -> Result<(Call, Method), ApiError> {
         let method = req.method().clone();
         let query = req
             .uri()
@@ -81,9 +78,9 @@ impl Call {
             method,
             Method::POST | Method::PUT | Method::DELETE | Method::PATCH
         ) {
-            let bytes = read_limited(req.into_body(), MAX_JSON, None)
+            let bytes = read_limited(req.into_body(), max_json, None)
                 .await
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 None
             } else {
@@ -175,7 +172,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Ok(id) => id,
         Err(e) => return e.json(),
     };
-    let result = match Call::read(req).await {
+    let result = match Call::read(req, app.throttle.limits.max_json_bytes).await {
         Ok((call, method)) => route(&app, &id, &method, &path, &call).await,
         Err(e) => Err(e),
     };

@@ -110,6 +110,44 @@ fn parse_id(s: &str, line: &str) -> Result<ObjectId, RequestError> {
 /// before the pack; `max_commands` bounds the list.
 pub fn read_request(r: &mut dyn io::Read, max_commands: usize) -> Result<Request, RequestError> {
     let mut req = Request::default();
+    read_into(r, max_commands, &mut req)?;
+    Ok(req)
+}
+
+/// [`read_request`], and on failure the answer to send: the error in the framing the client
+/// asked for before it went wrong (sideband 3 after `side-band-64k`, else an `ERR` pkt-line),
+/// so git prints it rather than a protocol error.
+pub fn read_request_or_refusal(
+    r: &mut dyn io::Read,
+    max_commands: usize,
+) -> Result<Request, (RequestError, Vec<u8>)> {
+    let mut req = Request::default();
+    match read_into(r, max_commands, &mut req) {
+        Ok(()) => Ok(req),
+        Err(e) => {
+            let mut out = Vec::new();
+            if req.caps.sideband {
+                let msg = format!("error: {e}\n");
+                pktline::band(
+                    &mut out,
+                    pktline::Band::Error,
+                    msg.as_bytes(),
+                    pktline::MAX_SIDEBAND_DATA,
+                );
+                pktline::flush(&mut out);
+            } else {
+                pktline::err(&mut out, &e.to_string());
+            }
+            Err((e, out))
+        }
+    }
+}
+
+fn read_into(
+    r: &mut dyn io::Read,
+    max_commands: usize,
+    req: &mut Request,
+) -> Result<(), RequestError> {
     let mut buf = Vec::new();
     let mut first = true;
     loop {
@@ -120,7 +158,7 @@ pub fn read_request(r: &mut dyn io::Read, max_commands: usize) -> Result<Request
             }
             pktline::Read::Eof => {
                 if req.commands.is_empty() && first {
-                    return Ok(req);
+                    return Ok(());
                 }
                 return Err(RequestError::Truncated);
             }
@@ -196,7 +234,7 @@ pub fn read_request(r: &mut dyn io::Read, max_commands: usize) -> Result<Request
             }
         }
     }
-    Ok(req)
+    Ok(())
 }
 
 /// The receive-pack ref advertisement (without the smart-HTTP `# service=` preamble).
@@ -354,6 +392,28 @@ mod tests {
 
     const A: &str = "1111111111111111111111111111111111111111";
     const Z: &str = "0000000000000000000000000000000000000000";
+
+    #[test]
+    fn refusals_use_the_framing_the_client_asked_for() {
+        for (caps, sideband) in [
+            ("report-status side-band-64k", true),
+            ("report-status", false),
+        ] {
+            let mut input = Vec::new();
+            pktline::data(
+                &mut input,
+                format!("{Z} {A} refs/heads/a\0{caps}\n").as_bytes(),
+            );
+            pktline::line(&mut input, &format!("{Z} {A} refs/heads/b"));
+            pktline::flush(&mut input);
+            let (e, answer) =
+                read_request_or_refusal(&mut std::io::Cursor::new(input), 1).expect_err("too many");
+            assert!(matches!(e, RequestError::TooManyCommands(1)));
+            // A pkt-line whose payload starts with band 3, or an ERR line.
+            assert_eq!(answer[4] == 3, sideband, "{answer:?}");
+            assert_eq!(answer[4..].starts_with(b"ERR "), !sideband, "{answer:?}");
+        }
+    }
 
     #[test]
     fn reads_commands_caps_and_options_and_stops_before_the_pack() {

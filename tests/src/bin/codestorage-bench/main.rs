@@ -5,6 +5,8 @@
 //! codestorage-bench run [--small-only] [--large generate|PATH] [--repo PATH]
 //!                       [--runs N] [--large-runs N] [--keep] [--push-only]
 //! codestorage-bench gen small|large DIR
+//! codestorage-bench load [--clones N] [--pushes N] [--repos N] [--ops N] [--workers N]
+//!                        [--max-seconds N] [--keep]
 //! ```
 //!
 //! `run` expects `codestorage` and `git-cgi-server` next to its own executable (a release build
@@ -14,6 +16,7 @@
 //!
 //! - `main.rs`: arguments, the repos to benchmark, the final tables.
 //! - `bench.rs`: the phases of one repo's benchmark and how each cost is measured.
+//! - `load.rs`: `load`, concurrent clients against one server (behind `scripts/load`).
 //! - `push.rs`: the push phase (through codestorage to a mirror's upstream, and direct).
 //! - `generate.rs`: deterministic synthetic repos (`git fast-import`).
 //! - `report.rs`: samples, medians, the table.
@@ -21,6 +24,7 @@
 
 mod bench;
 mod generate;
+mod load;
 mod push;
 mod report;
 mod util;
@@ -36,7 +40,9 @@ use crate::generate::{GENERATOR_VERSION, Shape};
 const USAGE: &str = "\
 usage: codestorage-bench run [--small-only] [--large generate|PATH] [--repo PATH]
                              [--runs N] [--large-runs N] [--keep] [--push-only]
-       codestorage-bench gen small|large DIR";
+       codestorage-bench gen small|large DIR
+       codestorage-bench load [--clones N] [--pushes N] [--repos N] [--ops N] [--workers N]
+                              [--max-seconds N] [--keep]";
 
 struct RunArgs {
     small_only: bool,
@@ -64,6 +70,7 @@ fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("run") => run(parse_run(&args[1..])?),
+        Some("load") => run_load(&args[1..]),
         Some("gen") => match &args[1..] {
             [shape, dir] => generate::generate(&generate::shape(shape)?, Path::new(dir)),
             _ => bail!("{USAGE}"),
@@ -108,6 +115,54 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
         }
     }
     Ok(out)
+}
+
+/// `load`: parse its options, find the binaries and the cached `small` repo, run it.
+fn run_load(args: &[String]) -> Result<()> {
+    let mut opts = load::LoadArgs::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || -> Result<usize> {
+            parse_count(
+                &it.next()
+                    .cloned()
+                    .with_context(|| format!("{arg} needs a value\n{USAGE}"))?,
+            )
+        };
+        match arg.as_str() {
+            "--clones" => opts.clones = value()?,
+            "--pushes" => opts.pushes = value()?,
+            "--repos" => opts.repos = value()?,
+            "--ops" => opts.ops = value()?,
+            "--workers" => opts.workers = value()?,
+            "--max-seconds" => opts.max_seconds = value()? as u64,
+            "--keep" => opts.keep = true,
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let bin_dir = exe.parent().context("executable has no directory")?;
+    let target = bin_dir
+        .parent()
+        .context("executable is not in a target dir")?;
+    let codestorage = bin_dir.join("codestorage");
+    if !codestorage.exists() {
+        bail!(
+            "{} is missing: build the workspace first",
+            codestorage.display()
+        );
+    }
+    let small = cached(&generate::SMALL, &target.join("bench-data"))?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let work = target.join("load-work").join(format!("load-{stamp}"));
+    if load::load(&codestorage, &small, &work, &opts)? {
+        Ok(())
+    } else {
+        bail!("targets missed; logs in {}", work.display())
+    }
 }
 
 fn parse_count(v: &str) -> Result<usize> {
