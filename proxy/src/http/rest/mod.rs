@@ -59,6 +59,67 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A write's JSON body: `None` when blank.
+fn parse_body(bytes: &[u8]) -> Result<Option<Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(None)
+    } else {
+        serde_json::from_slice(bytes)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The REST API's JSON request bodies, for [`check_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `POST /api/repos` (a mirror, a fork or a local repository).
+    CreateRepo,
+    /// `POST …/pull-upstream`.
+    PullUpstream,
+    /// `POST …/branches/create`.
+    CreateBranch,
+    /// `DELETE …/branches`.
+    DeleteBranch,
+    /// `POST|PUT|DELETE …/git-credentials`.
+    Credential,
+    /// `POST /api/webhooks`.
+    CreateWebhook,
+}
+
+impl BodyKind {
+    /// Every kind.
+    pub const ALL: [BodyKind; 6] = [
+        BodyKind::CreateRepo,
+        BodyKind::PullUpstream,
+        BodyKind::CreateBranch,
+        BodyKind::DeleteBranch,
+        BodyKind::Credential,
+        BodyKind::CreateWebhook,
+    ];
+}
+
+/// Parse `bytes` as a body of `kind` the way a request's body is parsed and run the checks that
+/// need no server state (names, URLs, refs, ids, secrets). Public for the fuzz targets in
+/// `fuzz/`; the handlers run the same code.
+pub fn check_body(kind: BodyKind, bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.len() > MAX_JSON {
+        return Err(ApiError::bad_request("body too large"));
+    }
+    let call = Call {
+        query: Vec::new(),
+        body: parse_body(bytes)?,
+    };
+    match kind {
+        BodyKind::CreateRepo => repos::check_create(&call),
+        BodyKind::PullUpstream => repos::check_pull(&call),
+        BodyKind::CreateBranch => branches::check_create(&call),
+        BodyKind::DeleteBranch => branches::check_delete(&call),
+        BodyKind::Credential => credentials::check_body(&call),
+        BodyKind::CreateWebhook => webhooks::check_create(&call),
+    }
+}
+
 /// A request's query parameters and, for writes, its JSON body.
 pub(super) struct Call {
     query: Vec<(String, String)>,
@@ -84,14 +145,7 @@ impl Call {
             let bytes = read_limited(req.into_body(), MAX_JSON, None)
                 .await
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                None
-            } else {
-                Some(
-                    serde_json::from_slice(&bytes)
-                        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?,
-                )
-            }
+            parse_body(&bytes)?
         } else {
             None
         };
