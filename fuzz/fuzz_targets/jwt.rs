@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use codestorage::auth::keys::{KeyAlg, SigningKey};
-use codestorage::auth::policy::Policy;
+use codestorage::auth::policy::{Change, Policy};
 use codestorage::auth::token::{self, Claims, Keyring};
 use libfuzzer_sys::fuzz_target;
 
@@ -39,6 +39,17 @@ fn fixture() -> &'static Fixture {
 
 const NOW: i64 = 1_800_000_000;
 
+/// Build the ref policy of `claims` and ask it about a few refs, as a push does.
+fn exercise_policy(claims: &Claims) {
+    if let Ok(policy) = Policy::from_claims(claims.refs.as_ref(), claims.ops.as_deref()) {
+        for name in ["refs/heads/main", "refs/tags/v1", "refs/heads/a/b"] {
+            for change in [Change::Create, Change::FastForward, Change::NonFastForward, Change::Delete] {
+                let _ = policy.check(name, change);
+            }
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((mode, payload)) = data.split_first() else {
         return;
@@ -49,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(token) = std::str::from_utf8(payload)
                 && let Ok(claims) = f.ring.verify(token, NOW)
             {
-                let _ = Policy::from_claims(claims.refs.as_ref(), claims.ops.as_deref());
+                exercise_policy(&claims);
             }
         }
         1 => {
@@ -63,9 +74,12 @@ fuzz_target!(|data: &[u8]| {
             let Ok(claims) = serde_json::from_slice::<Claims>(payload) else {
                 return;
             };
-            let _ = Policy::from_claims(claims.refs.as_ref(), claims.ops.as_deref());
-            if let Ok(token) = token::mint(&f.key, &claims) {
-                let _ = f.ring.verify(&token, NOW);
+            exercise_policy(&claims);
+            if let Ok(token) = token::mint(&f.key, &claims)
+                && let Ok(back) = f.ring.verify(&token, NOW)
+            {
+                // What verifies is what was signed.
+                assert_eq!(back, claims);
             }
         }
     }

@@ -60,7 +60,9 @@ pub(super) fn check(call: &Call) -> Result<(), ApiError> {
     let body: ForkBody = call.body()?;
     let base = body.base_repo;
     if !matches!(base.operation.as_deref(), None | Some("fork")) {
-        return Err(ApiError::bad_request("base_repo.operation is not supported"));
+        return Err(ApiError::bad_request(
+            "base_repo.operation is not supported",
+        ));
     }
     if let Some(sha) = &base.sha {
         ObjectId::from_hex(sha.as_bytes())

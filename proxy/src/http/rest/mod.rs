@@ -397,4 +397,76 @@ mod tests {
         );
         assert_eq!(percent_decode("bad%zz"), None);
     }
+
+    fn status(kind: BodyKind, body: &str) -> Option<StatusCode> {
+        check_body(kind, body.as_bytes()).err().map(|e| e.status)
+    }
+
+    #[test]
+    fn bodies_are_parsed_and_checked_as_requests_are() {
+        let bad = Some(StatusCode::BAD_REQUEST);
+        for kind in BodyKind::ALL {
+            assert_eq!(status(kind, "{not json"), bad, "{kind:?}");
+            assert_eq!(status(kind, "[1, 2]"), bad, "{kind:?}");
+            assert_eq!(status(kind, "\u{0}"), bad, "{kind:?}");
+        }
+        let ok = [
+            (BodyKind::CreateRepo, r#"{"name": "team/app"}"#),
+            (
+                BodyKind::CreateRepo,
+                r#"{"base_repo": {"owner": "o", "name": "r"}}"#,
+            ),
+            (
+                BodyKind::CreateRepo,
+                r#"{"base_repo": {"provider": "code", "name": "a"}}"#,
+            ),
+            (BodyKind::PullUpstream, "  "),
+            (BodyKind::PullUpstream, r#"{"ref": "main"}"#),
+            (
+                BodyKind::CreateBranch,
+                r#"{"base_branch": "main", "target_branch": "x"}"#,
+            ),
+            (BodyKind::DeleteBranch, r#"{"name": "x"}"#),
+            (BodyKind::Credential, r#"{"password": "p", "username": ""}"#),
+            (
+                BodyKind::CreateWebhook,
+                r#"{"url": "https://h", "events": ["push"]}"#,
+            ),
+        ];
+        for (kind, body) in ok {
+            assert_eq!(status(kind, body), None, "{kind:?} {body}");
+        }
+        let refused = [
+            (BodyKind::CreateRepo, r#"{"name": "../x"}"#),
+            (
+                BodyKind::CreateRepo,
+                r#"{"base_repo": {"provider": "nope"}}"#,
+            ),
+            (
+                BodyKind::CreateRepo,
+                r#"{"base_repo": {"url": "https://u:p@h/x.git"}}"#,
+            ),
+            (
+                BodyKind::CreateRepo,
+                r#"{"base_repo": {"provider": "code", "sha": "zz"}}"#,
+            ),
+            (BodyKind::PullUpstream, r#"{"after": "abc"}"#),
+            (BodyKind::CreateBranch, r#"{"base_branch": "a..b"}"#),
+            (BodyKind::DeleteBranch, "{}"),
+            (BodyKind::Credential, r#"{"password": "a\u0000b"}"#),
+            (
+                BodyKind::CreateWebhook,
+                r#"{"url": "https://h", "events": ["nope"]}"#,
+            ),
+            (
+                BodyKind::CreateWebhook,
+                r#"{"url": "https://h", "events": [], "secret": 1}"#,
+            ),
+        ];
+        for (kind, body) in refused {
+            assert_eq!(status(kind, body), bad, "{kind:?} {body}");
+        }
+        let huge = format!("{{\"name\": \"{}\"}}", "a".repeat(MAX_JSON));
+        assert_eq!(status(BodyKind::CreateRepo, &huge), bad);
+    }
 }
