@@ -43,7 +43,12 @@ const NOW: i64 = 1_800_000_000;
 fn exercise_policy(claims: &Claims) {
     if let Ok(policy) = Policy::from_claims(claims.refs.as_ref(), claims.ops.as_deref()) {
         for name in ["refs/heads/main", "refs/tags/v1", "refs/heads/a/b"] {
-            for change in [Change::Create, Change::FastForward, Change::NonFastForward, Change::Delete] {
+            for change in [
+                Change::Create,
+                Change::FastForward,
+                Change::NonFastForward,
+                Change::Delete,
+            ] {
                 let _ = policy.check(name, change);
             }
         }

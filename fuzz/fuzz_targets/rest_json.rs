@@ -11,6 +11,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let kind = BodyKind::ALL[usize::from(*kind) % BodyKind::ALL.len()];
     if let Err(e) = check_body(kind, body) {
-        assert!(e.status.is_client_error(), "{kind:?}: {} {}", e.status, e.message);
+        assert!(
+            e.status.is_client_error(),
+            "{kind:?}: {} {}",
+            e.status,
+            e.message
+        );
     }
 });
