@@ -192,9 +192,15 @@ pub fn delim(out: &mut Vec<u8>) {
     out.extend_from_slice(b"0001");
 }
 
-/// Append an `ERR` packet (a fatal protocol error the client prints).
+/// Append an `ERR` packet (a fatal protocol error the client prints). A message too long for
+/// one packet (it may quote a whole client line) is cut at a character boundary.
 pub fn err(out: &mut Vec<u8>, message: &str) {
-    line(out, &format!("ERR {message}"));
+    const ROOM: usize = MAX_DATA_LEN - "ERR \n".len();
+    let mut end = message.len().min(ROOM);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    line(out, &format!("ERR {}", &message[..end]));
 }
 
 /// Sideband channel numbers.
@@ -363,6 +369,28 @@ mod tests {
         assert_eq!(decode(b"fff1"), Err(Error::LengthOutOfRange(0xfff1)));
         assert_eq!(decode(b"000aab"), Err(Error::Truncated { needed: 4 }));
         assert_eq!(decode(b"00"), Err(Error::Truncated { needed: 2 }));
+    }
+
+    #[test]
+    fn err_packets_fit_whatever_the_message() {
+        // The harness of the upload_pack/receive_pack fuzz targets checks this: refusals quote
+        // the client's line, which may fill a whole packet, and a longer ERR packet broke the
+        // framing (and tripped the debug assertion in `data`).
+        for message in [
+            "short".to_owned(),
+            "x".repeat(MAX_PKT_LEN),
+            "é".repeat(MAX_PKT_LEN),
+        ] {
+            let mut out = Vec::new();
+            err(&mut out, &message);
+            let mut r = Reader::new(&out);
+            let Ok(Some(Pkt::Data(payload))) = r.next_pkt() else {
+                panic!("not one data packet");
+            };
+            assert!(payload.starts_with(b"ERR "));
+            assert!(std::str::from_utf8(payload).is_ok());
+            assert!(r.at_end());
+        }
     }
 
     #[test]

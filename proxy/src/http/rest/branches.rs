@@ -154,6 +154,27 @@ struct CreateBody {
     force: bool,
 }
 
+/// The create-branch body's checks that need no server state: its shape and branch names.
+pub(super) fn check_create(call: &Call) -> Result<(), ApiError> {
+    let body: CreateBody = call.body()?;
+    let base = body
+        .base_branch
+        .or(body.base_ref)
+        .ok_or_else(|| ApiError::bad_request("base_branch is required"))?;
+    branch_ref(&base)?;
+    branch_ref(body.target_branch.as_deref().unwrap_or(short(&base)))?;
+    Ok(())
+}
+
+/// The delete-branch body's checks that need no server state.
+pub(super) fn check_delete(call: &Call) -> Result<(), ApiError> {
+    let body: DeleteBody = call.body()?;
+    let name = body
+        .name
+        .ok_or_else(|| ApiError::bad_request("name is required"))?;
+    branch_ref(&name).map(drop)
+}
+
 /// What one ref change amounts to, for the policy and the answer.
 fn change(repo: &Repo, old: Option<ObjectId>, new: Option<ObjectId>) -> Result<Change, ApiError> {
     Ok(match (old, new) {

@@ -100,6 +100,14 @@ fn username(body: &CredentialBody) -> Result<Option<Option<String>>, ApiError> {
     }
 }
 
+/// The credential body's checks that need no server state: its shape, password and user name.
+pub(super) fn check_body(call: &Call) -> Result<(), ApiError> {
+    let body: CredentialBody = call.body()?;
+    password(&body)?;
+    username(&body)?;
+    Ok(())
+}
+
 fn required<'a>(what: &str, value: Option<&'a str>) -> Result<&'a str, ApiError> {
     value
         .filter(|v| !v.is_empty())

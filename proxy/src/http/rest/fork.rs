@@ -55,6 +55,22 @@ pub(super) fn requested(call: &Call) -> bool {
         .is_some_and(|p| matches!(p, "code" | "code.storage"))
 }
 
+/// The fork body's checks that need no server state: its shape, `operation` and `sha`.
+pub(super) fn check(call: &Call) -> Result<(), ApiError> {
+    let body: ForkBody = call.body()?;
+    let base = body.base_repo;
+    if !matches!(base.operation.as_deref(), None | Some("fork")) {
+        return Err(ApiError::bad_request(
+            "base_repo.operation is not supported",
+        ));
+    }
+    if let Some(sha) = &base.sha {
+        ObjectId::from_hex(sha.as_bytes())
+            .map_err(|_| ApiError::bad_request("base_repo.sha is not a full object id"))?;
+    }
+    Ok(())
+}
+
 /// The commit `reference` names in `repo`'s default namespace (a branch, a tag or a full ref
 /// name; tags are peeled).
 fn resolve_ref(repo: &Repo, reference: &str) -> Option<ObjectId> {

@@ -56,6 +56,68 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A write's JSON body: `None` when blank.
+fn parse_body(bytes: &[u8]) -> Result<Option<Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(None)
+    } else {
+        serde_json::from_slice(bytes)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The REST API's JSON request bodies, for [`check_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `POST /api/repos` (a mirror, a fork or a local repository).
+    CreateRepo,
+    /// `POST …/pull-upstream`.
+    PullUpstream,
+    /// `POST …/branches/create`.
+    CreateBranch,
+    /// `DELETE …/branches`.
+    DeleteBranch,
+    /// `POST|PUT|DELETE …/git-credentials`.
+    Credential,
+    /// `POST /api/webhooks`.
+    CreateWebhook,
+}
+
+impl BodyKind {
+    /// Every kind.
+    pub const ALL: [BodyKind; 6] = [
+        BodyKind::CreateRepo,
+        BodyKind::PullUpstream,
+        BodyKind::CreateBranch,
+        BodyKind::DeleteBranch,
+        BodyKind::Credential,
+        BodyKind::CreateWebhook,
+    ];
+}
+
+/// Parse `bytes` as a body of `kind` the way a request's body is parsed and run the checks that
+/// need no server state (names, URLs, refs, ids, secrets). Public for the fuzz targets in
+/// `fuzz/`; the handlers run the same code. Bodies over the default `--max-json-bytes` are
+/// refused, as the server would with its default limits.
+pub fn check_body(kind: BodyKind, bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.len() > crate::limits::ServerLimits::default().max_json_bytes {
+        return Err(ApiError::bad_request("body too large"));
+    }
+    let call = Call {
+        query: Vec::new(),
+        body: parse_body(bytes)?,
+    };
+    match kind {
+        BodyKind::CreateRepo => repos::check_create(&call),
+        BodyKind::PullUpstream => repos::check_pull(&call),
+        BodyKind::CreateBranch => branches::check_create(&call),
+        BodyKind::DeleteBranch => branches::check_delete(&call),
+        BodyKind::Credential => credentials::check_body(&call),
+        BodyKind::CreateWebhook => webhooks::check_create(&call),
+    }
+}
+
 /// A request's query parameters and, for writes, its JSON body.
 pub(super) struct Call {
     query: Vec<(String, String)>,
@@ -81,14 +143,7 @@ impl Call {
             let bytes = read_limited(req.into_body(), max_json, None)
                 .await
                 .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                None
-            } else {
-                Some(
-                    serde_json::from_slice(&bytes)
-                        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?,
-                )
-            }
+            parse_body(&bytes)?
         } else {
             None
         };
@@ -339,5 +394,80 @@ mod tests {
             Some("team/project")
         );
         assert_eq!(percent_decode("bad%zz"), None);
+    }
+
+    fn status(kind: BodyKind, body: &str) -> Option<StatusCode> {
+        check_body(kind, body.as_bytes()).err().map(|e| e.status)
+    }
+
+    #[test]
+    fn bodies_are_parsed_and_checked_as_requests_are() {
+        let bad = Some(StatusCode::BAD_REQUEST);
+        for kind in BodyKind::ALL {
+            assert_eq!(status(kind, "{not json"), bad, "{kind:?}");
+            assert_eq!(status(kind, "[1, 2]"), bad, "{kind:?}");
+            assert_eq!(status(kind, "\u{0}"), bad, "{kind:?}");
+        }
+        let ok = [
+            (BodyKind::CreateRepo, r#"{"name": "team/app"}"#),
+            (
+                BodyKind::CreateRepo,
+                r#"{"base_repo": {"owner": "o", "name": "r"}}"#,
+            ),
+            (
+                BodyKind::CreateRepo,
+                r#"{"base_repo": {"provider": "code", "name": "a"}}"#,
+            ),
+            (BodyKind::PullUpstream, "  "),
+            (BodyKind::PullUpstream, r#"{"ref": "main"}"#),
+            (
+                BodyKind::CreateBranch,
+                r#"{"base_branch": "main", "target_branch": "x"}"#,
+            ),
+            (BodyKind::DeleteBranch, r#"{"name": "x"}"#),
+            (BodyKind::Credential, r#"{"password": "p", "username": ""}"#),
+            (
+                BodyKind::CreateWebhook,
+                r#"{"url": "https://h", "events": ["push"]}"#,
+            ),
+        ];
+        for (kind, body) in ok {
+            assert_eq!(status(kind, body), None, "{kind:?} {body}");
+        }
+        let refused = [
+            (BodyKind::CreateRepo, r#"{"name": "../x"}"#),
+            (
+                BodyKind::CreateRepo,
+                r#"{"base_repo": {"provider": "nope"}}"#,
+            ),
+            (
+                BodyKind::CreateRepo,
+                r#"{"base_repo": {"url": "https://u:p@h/x.git"}}"#,
+            ),
+            (
+                BodyKind::CreateRepo,
+                r#"{"base_repo": {"provider": "code", "sha": "zz"}}"#,
+            ),
+            (BodyKind::PullUpstream, r#"{"after": "abc"}"#),
+            (BodyKind::CreateBranch, r#"{"base_branch": "a..b"}"#),
+            (BodyKind::DeleteBranch, "{}"),
+            (BodyKind::Credential, r#"{"password": "a\u0000b"}"#),
+            (
+                BodyKind::CreateWebhook,
+                r#"{"url": "https://h", "events": ["nope"]}"#,
+            ),
+            (
+                BodyKind::CreateWebhook,
+                r#"{"url": "https://h", "events": [], "secret": 1}"#,
+            ),
+        ];
+        for (kind, body) in refused {
+            assert_eq!(status(kind, body), bad, "{kind:?} {body}");
+        }
+        let huge = format!(
+            "{{\"name\": \"{}\"}}",
+            "a".repeat(crate::limits::ServerLimits::default().max_json_bytes)
+        );
+        assert_eq!(status(BodyKind::CreateRepo, &huge), bad);
     }
 }

@@ -194,6 +194,26 @@ fn upstream_url(base: &BaseRepo, github_url: &str) -> Result<String, ApiError> {
     })
 }
 
+/// The create-repo checks that need no server state: the body's shape, its `name`, and for a
+/// mirror the upstream URL and auth type (fork bodies: see [`super::fork::check`]).
+pub(super) fn check_create(call: &Call) -> Result<(), ApiError> {
+    if super::fork::requested(call) {
+        return super::fork::check(call);
+    }
+    let body: CreateBody = call.body()?;
+    if let Some(name) = &body.name {
+        RepoName::new(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    if let Some(base) = &body.base_repo {
+        let url = upstream_url(base, "https://github.com")?;
+        crate::sync::fetch::check_url(&url, false)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        base.auth_type()?;
+        let _ = (base.provider(), identity_from_url(&url));
+    }
+    Ok(())
+}
+
 /// Create a repository called `name` (a mirror when the body has `base_repo`).
 pub(super) async fn create(
     app: &Arc<App>,
@@ -473,20 +493,8 @@ struct PullBody {
     after: Option<String>,
 }
 
-/// Ask for a sync (202; it runs asynchronously). A sync always brings every followed ref up to
-/// date, so `ref` (validated) is satisfied by it; `after` must be an object id.
-pub(super) fn pull_upstream(
-    app: &Arc<App>,
-    id: &Identity,
-    repo: Arc<Repo>,
-    call: &Call,
-) -> Result<Response<Body>, ApiError> {
-    authz::check_repo(app, id, &repo, Scope::GitWrite)?;
-    if repo.record().upstream.is_none() {
-        return Err(ApiError::bad_request(
-            "Repository has no upstream configured",
-        ));
-    }
+/// The pull-upstream body, parsed and checked: `ref` a valid ref name, `after` an object id.
+pub(super) fn check_pull(call: &Call) -> Result<(), ApiError> {
     let body: PullBody = call.body()?;
     if let Some(r) = &body.reference {
         let full = if r.starts_with("refs/") {
@@ -503,6 +511,24 @@ pub(super) fn pull_upstream(
     {
         return Err(ApiError::bad_request("after must be a full object id"));
     }
+    Ok(())
+}
+
+/// Ask for a sync (202; it runs asynchronously). A sync always brings every followed ref up to
+/// date, so `ref` (validated) is satisfied by it; `after` must be an object id.
+pub(super) fn pull_upstream(
+    app: &Arc<App>,
+    id: &Identity,
+    repo: Arc<Repo>,
+    call: &Call,
+) -> Result<Response<Body>, ApiError> {
+    authz::check_repo(app, id, &repo, Scope::GitWrite)?;
+    if repo.record().upstream.is_none() {
+        return Err(ApiError::bad_request(
+            "Repository has no upstream configured",
+        ));
+    }
+    check_pull(call)?;
     app.sync.request(repo);
     Ok(json_response(
         StatusCode::ACCEPTED,

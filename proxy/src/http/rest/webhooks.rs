@@ -93,6 +93,28 @@ struct CreateBody {
     secret: Option<Value>,
 }
 
+/// The create-webhook body's checks that need no server state (the URL is resolved and checked
+/// when subscribing): its shape, `url` present, known `events`, a string `secret`.
+pub(super) fn check_create(call: &Call) -> Result<(), ApiError> {
+    let body: CreateBody = call.body()?;
+    body.url
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::bad_request("url is required"))?;
+    let events = body
+        .events
+        .ok_or_else(|| ApiError::bad_request("events is required"))?;
+    if let Some(e) = events
+        .iter()
+        .find(|e| crate::webhooks::event::EventKind::parse(e).is_none())
+    {
+        return Err(ApiError::bad_request(format!("unknown event {e:?}")));
+    }
+    match body.secret {
+        None | Some(Value::Null | Value::String(_)) => Ok(()),
+        Some(_) => Err(ApiError::bad_request("secret must be a string")),
+    }
+}
+
 async fn create(app: &Arc<App>, id: &Identity, call: &Call) -> Result<Response<Body>, ApiError> {
     check_write(id)?;
     let body: CreateBody = call.body()?;

@@ -314,7 +314,10 @@ pub fn parse_v0(body: &[u8]) -> Result<Fetch> {
             other => return Err(RequestError::UnexpectedLine(format!("{other:?}"))),
         };
         if let Some(rest) = line.strip_prefix("want ") {
-            let (hex, caps) = rest.split_at(rest.len().min(40));
+            // Not `split_at`: byte 40 may fall inside a character of a malformed line.
+            let (hex, caps) = rest
+                .split_at_checked(rest.len().min(40))
+                .unwrap_or((rest, ""));
             req.wants.push(oid(hex, line)?);
             if first_want {
                 first_want = false;
@@ -472,6 +475,21 @@ mod tests {
         assert!(matches!(
             parse_v2(&filter),
             Err(RequestError::UnsupportedFilter(_))
+        ));
+    }
+
+    #[test]
+    fn a_character_across_the_object_id_end_is_refused() {
+        // Found by fuzzing (upload_pack_v0): splitting the id from the capabilities at byte 40
+        // panicked when a multi-byte character straddled it.
+        let line = format!("want {}\u{254} multi_ack", &A[..39]);
+        let req = body(&[&line, "0000"]);
+        assert!(matches!(parse_v0(&req), Err(RequestError::BadObjectId(_))));
+        let second = format!("want {}\u{254}", &B[..39]);
+        let first = format!("want {A}");
+        assert!(matches!(
+            parse_v0(&body(&[&first, &second, "0000"])),
+            Err(RequestError::BadObjectId(_))
         ));
     }
 
