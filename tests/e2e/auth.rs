@@ -179,8 +179,10 @@ pub(crate) fn assert_git_401(out: &Out, what: &str) {
         "{what}: git should report an authentication failure\n{}",
         out.describe()
     );
+    // git says "The requested URL returned error: 403"; match that, not any "403" (a random
+    // port in a URL can contain it).
     assert!(
-        !out.stderr.contains("403"),
+        !out.stderr.contains("error: 403"),
         "{what}: a 401, not a 403\n{}",
         out.describe()
     );
