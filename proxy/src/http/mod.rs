@@ -111,14 +111,32 @@ fn ops(app: &App, path: &str, metrics: bool) -> Option<Response<Body>> {
     }
 }
 
+/// Response body bytes sent for one route, added to the registry once, when the body is done
+/// (sent or dropped): streaming a pack takes no shared lock per frame.
+struct BytesTally {
+    route: &'static str,
+    bytes: u64,
+}
+
+impl Drop for BytesTally {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            metrics::global().bytes_served(self.route, self.bytes);
+        }
+    }
+}
+
 /// Count the request now and its body bytes as they are sent.
 fn counted(method: &'static str, route: &'static str, response: Response<Body>) -> Response<Body> {
-    let registry = metrics::global();
-    registry.request(method, route, response.status().as_u16());
+    metrics::global().request(method, route, response.status().as_u16());
+    let mut tally = BytesTally { route, bytes: 0 };
     response.map(|body| {
         body.map_frame(move |frame| {
+            // The whole tally moves into the closure (not just its field), so its Drop runs
+            // when the body is done.
+            let tally = &mut tally;
             if let Some(data) = frame.data_ref() {
-                registry.bytes_served(route, data.len() as u64);
+                tally.bytes += data.len() as u64;
             }
             frame
         })
