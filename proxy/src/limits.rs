@@ -38,11 +38,14 @@ pub struct ServerLimits {
 /// Largest expansion of a gzip request body: decoded bytes per compressed byte.
 pub const MAX_GZIP_RATIO: usize = 100;
 
+/// Default of `--max-json-bytes`: the largest REST request body.
+pub const DEFAULT_MAX_JSON_BYTES: usize = 1 << 20;
+
 impl Default for ServerLimits {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         ServerLimits {
-            max_json_bytes: 1 << 20,
+            max_json_bytes: DEFAULT_MAX_JSON_BYTES,
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),

@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::body::{Body, BodyError, full, read_limited};
+use super::body::{Body, read_limited};
 use super::error::ApiError;
 use crate::app::App;
 use crate::sync::forge_hooks::{self, Forge, Outcome};
@@ -23,14 +23,6 @@ pub const MAX_BODY: usize = 25 << 20;
 pub fn is_hook_path(path: &str) -> bool {
     path.strip_prefix("/webhooks/")
         .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
-}
-
-fn respond(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(full(value.to_string()))
-        .unwrap_or_else(|_| Response::new(full("{}")))
 }
 
 /// A form-encoded GitHub delivery (`Content type: application/x-www-form-urlencoded`) carries
@@ -73,14 +65,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     });
     let body = match read_limited(req.into_body(), MAX_BODY, None).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge(limit)) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("webhook body larger than {limit} bytes"),
-            )
-            .json();
-        }
-        Err(e) => return ApiError::bad_request(e.to_string()).json(),
+        // 413 over the limit, 408 on a stalled body, 400 otherwise: as for every request body.
+        Err(e) => return ApiError::new(e.status(), e.to_string()).json(),
     };
     if let Err(e) = forge_hooks::verify(forge, &app.config.forge_secrets, &header, &body) {
         tracing::info!(forge = forge.name(), error = %e, "webhook refused");
@@ -115,16 +101,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         "webhook received"
     );
     match outcome {
-        Outcome::Pong => respond(StatusCode::OK, json!({ "message": "pong" })),
-        Outcome::Duplicate(id) => respond(
+        Outcome::Pong => super::rest::json_response(StatusCode::OK, json!({ "message": "pong" })),
+        Outcome::Duplicate(id) => super::rest::json_response(
             StatusCode::OK,
             json!({ "message": format!("delivery {id} was already handled") }),
         ),
-        Outcome::Ignored(event) => respond(
+        Outcome::Ignored(event) => super::rest::json_response(
             StatusCode::ACCEPTED,
             json!({ "message": format!("event {event:?} ignored") }),
         ),
-        Outcome::Triggered { full_name, repos } => respond(
+        Outcome::Triggered { full_name, repos } => super::rest::json_response(
             StatusCode::ACCEPTED,
             json!({
                 "message": if repos.is_empty() {

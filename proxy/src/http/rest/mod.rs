@@ -30,7 +30,8 @@ use crate::app::App;
 use crate::auth::Identity;
 use crate::sync::{Gate, SYNC_IN_PROGRESS};
 
-pub(super) fn json_response(status: StatusCode, value: Value) -> Response<Body> {
+/// A JSON response with `status`.
+pub(crate) fn json_response(status: StatusCode, value: Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -101,7 +102,7 @@ impl BodyKind {
 /// `fuzz/`; the handlers run the same code. Bodies over the default `--max-json-bytes` are
 /// refused, as the server would with its default limits.
 pub fn check_body(kind: BodyKind, bytes: &[u8]) -> Result<(), ApiError> {
-    if bytes.len() > crate::limits::ServerLimits::default().max_json_bytes {
+    if bytes.len() > crate::limits::DEFAULT_MAX_JSON_BYTES {
         return Err(ApiError::bad_request("body too large"));
     }
     let call = Call {
@@ -165,11 +166,9 @@ impl Call {
 
     /// The JSON body as `T` (an absent body is `{}`).
     pub(super) fn body<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        let value = self
-            .body
-            .clone()
-            .unwrap_or_else(|| Value::Object(Default::default()));
-        serde_json::from_value(value)
+        let empty = Value::Object(Default::default());
+        // `&Value` is a deserializer: no copy of the (up to --max-json-bytes) body per call.
+        T::deserialize(self.body.as_ref().unwrap_or(&empty))
             .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
     }
 
@@ -466,7 +465,7 @@ mod tests {
         }
         let huge = format!(
             "{{\"name\": \"{}\"}}",
-            "a".repeat(crate::limits::ServerLimits::default().max_json_bytes)
+            "a".repeat(crate::limits::DEFAULT_MAX_JSON_BYTES)
         );
         assert_eq!(status(BodyKind::CreateRepo, &huge), bad);
     }

@@ -417,26 +417,28 @@ pub(super) fn list(app: &App, id: &Identity, call: &Call) -> Result<Response<Bod
     let cursor = call.query("cursor");
     let q = call.query("q");
     let all = id.local_org && id.has(Scope::Admin);
-    let mut repos: Vec<Arc<Repo>> = app
+    // One record read per repository (a record is a clone), then sort by name.
+    let mut repos: Vec<(String, Arc<Repo>)> = app
         .store
         .repos()
         .into_iter()
         .filter(|r| all || authz::org_of(app, r) == id.claims.iss)
-        .filter(|r| q.is_none_or(|q| r.record().name.contains(q)))
-        .filter(|r| cursor.is_none_or(|c| r.record().name.as_str() > c))
+        .map(|r| (r.record().name, r))
+        .filter(|(name, _)| q.is_none_or(|q| name.contains(q)))
+        .filter(|(name, _)| cursor.is_none_or(|c| name.as_str() > c))
         .collect();
-    repos.sort_by_key(|r| r.record().name);
+    repos.sort_by(|a, b| a.0.cmp(&b.0));
     let has_more = repos.len() > limit;
     repos.truncate(limit);
     let next_cursor = if has_more {
-        repos.last().map(|r| Value::String(r.record().name))
+        repos.last().map(|(name, _)| Value::String(name.clone()))
     } else {
         None
     };
     Ok(json_response(
         StatusCode::OK,
         json!({
-            "repos": repos.iter().map(|r| summary(r)).collect::<Vec<_>>(),
+            "repos": repos.iter().map(|(_, r)| summary(r)).collect::<Vec<_>>(),
             "next_cursor": next_cursor,
             "has_more": has_more,
         }),
