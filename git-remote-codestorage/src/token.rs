@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use codestorage::auth::keys::{SigningKey, signing_key_from_pem};
-use codestorage::auth::token::{Claims, mint};
+use codestorage::auth::token::mint;
 
 use crate::{Error, setting};
 
@@ -33,24 +33,14 @@ impl Access {
 }
 
 fn mint_with(key: &SigningKey, repo: &str, access: Access, ttl: u64) -> Result<String, Error> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let claims = Claims {
-        iss: key.org.clone(),
-        sub: Some("git-remote-codestorage".into()),
-        repo: Some(repo.to_owned()),
-        scopes: vec![access.scope().to_owned()],
-        iat: now,
-        exp: now + ttl as i64,
-        jti: Some(format!(
-            "{:016x}{:016x}",
-            rand::random::<u64>(),
-            rand::random::<u64>()
-        )),
-        ..Default::default()
-    };
+    let claims = codestorage::cli::keys::claims(
+        key,
+        repo,
+        vec![access.scope().to_owned()],
+        ttl,
+        "git-remote-codestorage",
+        None,
+    );
     mint(key, &claims).map_err(|e| Error::Mint(e.to_string()))
 }
 

@@ -44,15 +44,19 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
         return None;
     }
-    // Days-from-civil (Howard Hinnant's algorithm), the inverse of the above.
+    u64::try_from(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec).ok()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days-from-civil, the
+/// inverse of what [`rfc3339`] does); `month` in 1..=12.
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
     let mp = if month > 2 { month - 3 } else { month + 9 };
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec).ok()
+    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

@@ -133,7 +133,8 @@ pub fn claims(
         refs,
         ops: None,
         iat: now,
-        exp: now + ttl as i64,
+        // A TTL from a flag or the environment may be huge: saturate rather than wrap into the past.
+        exp: now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)),
         jti: Some(format!(
             "{:016x}{:016x}",
             rand::random::<u64>(),

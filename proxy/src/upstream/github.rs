@@ -164,8 +164,9 @@ fn refresh_at(issued: u64, expires: u64) -> u64 {
     expires.saturating_sub(REFRESH_MARGIN.min(lifetime / 2))
 }
 
-/// Parse GitHub's `expires_at` (`YYYY-MM-DDTHH:MM:SSZ`, fractional seconds and offsets allowed)
-/// into unix seconds.
+/// Parse GitHub's `expires_at` (`YYYY-MM-DDTHH:MM:SSZ`, fractional seconds and offsets allowed,
+/// as GitHub Enterprise versions differ; [`crate::time::parse_rfc3339`] takes only our own
+/// strict form) into unix seconds.
 fn parse_timestamp(s: &str) -> Option<u64> {
     let s = s.trim();
     let (date, time) = s.split_once(['T', 't', ' '])?;
@@ -199,14 +200,7 @@ fn parse_timestamp(s: &str) -> Option<u64> {
     if h > 23 || m > 59 || sec > 60 {
         return None;
     }
-    // Days-from-civil (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = crate::time::days_from_civil(year, month, day);
     let secs = days * 86_400 + h * 3600 + m * 60 + sec - offset;
     u64::try_from(secs).ok()
 }
