@@ -117,6 +117,8 @@ pub struct App {
     pub forge_hooks: Arc<crate::sync::forge_hooks::ForgeHooks>,
     /// Live connection, pack-generation and rate limits.
     pub throttle: Arc<crate::limits::Throttle>,
+    /// Identical concurrent fetches share one pack generation, spooled under `<data>/spool`.
+    pub herd: Arc<crate::protocol::upload_pack::herd::Herd>,
 }
 
 /// Why the server cannot start.
@@ -219,6 +221,9 @@ impl App {
         );
         let config_limits = config.limits;
         crate::limits::set_body_idle_timeout(config_limits.body_idle_timeout);
+        let herd = Arc::new(crate::protocol::upload_pack::herd::Herd::new(
+            config.data_dir.join("spool"),
+        ));
         Ok(Arc::new(App {
             config,
             store,
@@ -231,6 +236,7 @@ impl App {
             webhooks,
             forge_hooks: Arc::new(crate::sync::forge_hooks::ForgeHooks::new()),
             throttle: Arc::new(crate::limits::Throttle::new(config_limits)),
+            herd,
         }))
     }
 }

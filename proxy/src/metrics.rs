@@ -205,6 +205,12 @@ impl Metrics {
         self.pack_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// One pack sent from a generation another request started (identical concurrent fetches).
+    pub fn pack_shared(&self, bytes: u64) {
+        *lock(&self.packs).entry("shared").or_default() += 1;
+        self.pack_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// One sync run of `repo` finished.
     pub fn sync_finished(&self, repo: &str, ok: bool) {
         let mut sync = lock(&self.sync);
@@ -285,7 +291,7 @@ impl Metrics {
             w,
             "codestorage_packs_generated_total",
             "counter",
-            "Packs generated, by path: fast (stored packs streamed as they are) or walk.",
+            "Packs sent, by path: fast (stored packs streamed as they are), walk, or shared (read from an identical concurrent request's generation).",
         );
         for (path, n) in lock(&self.packs).iter() {
             let _ = writeln!(

@@ -101,3 +101,7 @@ mod limits;
 /// Operability: `/metrics` (requests, bytes, packs, syncs, pushes), `/healthz`, `/readyz`,
 /// `--metrics-listen`, JSON logs, sync progress, graceful shutdown on SIGTERM and its deadline.
 mod ops;
+
+// Identical concurrent fetches share one pack generation, spooled to a file each reader tails at
+// its own pace.
+mod herd;

@@ -167,6 +167,7 @@ async fn info_refs(
             interrupt: &interrupt,
             notice: None,
             recent_tips: Vec::new(),
+            share: None,
         };
         let adv = tokio::task::block_in_place(|| upload_pack::v0::advertise(&ctx))
             .map_err(ApiError::internal)?;
@@ -231,9 +232,16 @@ async fn upload_pack(
         .sync
         .stale_notice(&repo, ns, app.config.stale_warning_after);
     let interrupt = app.interrupt.clone();
-    let name = repo.record().name;
+    let record = repo.record();
+    let name = record.name;
+    // The permit travels with the request: to the shared generator if this request leads one,
+    // back to the queue at once if it only reads another's.
+    let share = upload_pack::Share {
+        herd: app.herd.clone(),
+        repo: record.id,
+        slot: std::sync::Mutex::new(Some(Box::new(permit))),
+    };
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
         let _span = tracing::info_span!("upload-pack", repo = %name, ns = %ns, v2).entered();
         let ctx = Context {
             view,
@@ -241,6 +249,7 @@ async fn upload_pack(
             interrupt: &interrupt,
             notice,
             recent_tips,
+            share: Some(share),
         };
         let result = if v2 {
             upload_pack::v2::serve(&ctx, &body, &mut writer)

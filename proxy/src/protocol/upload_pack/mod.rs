@@ -6,11 +6,13 @@
 //! 3. process `have`s and decide whether to send a pack now (`negotiate`),
 //! 4. compute the shallow boundary (`shallow`),
 //! 5. choose the objects (`pack::select`: the stored packs as they are when that is exactly the
-//!    answer, else a revision walk) and stream them as a pack (`pack::send`).
+//!    answer, else a revision walk) and stream them as a pack (`pack::send`); identical
+//!    concurrent requests share one generation (`herd`).
 //!
 //! Protocol v2 lives in `v2`, v0/v1 in `v0`. Everything here is blocking and runs off the async
 //! runtime; output goes to any `Write` (the HTTP layer hands in a bounded channel).
 
+pub mod herd;
 pub mod negotiate;
 pub mod pack;
 pub mod request;
@@ -19,8 +21,8 @@ pub mod v0;
 pub mod v2;
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use codestorage_store::walk::unreachable_wants;
 use codestorage_store::{Namespace, ObjectId, StoreError, View};
@@ -41,6 +43,26 @@ pub struct Context<'a> {
     /// Former ref values still fetchable: a stateless client may want what it saw in an
     /// advertisement made just before a ref moved.
     pub recent_tips: Vec<ObjectId>,
+    /// Where identical concurrent requests share their pack generation (`None`: never shared).
+    pub share: Option<Share>,
+}
+
+/// What a request needs to share its pack generation.
+pub struct Share {
+    /// The registry of spools.
+    pub herd: Arc<herd::Herd>,
+    /// The repository's id (names can be reused; ids cannot).
+    pub repo: String,
+    /// Held while this request may generate a pack (a pack-generation permit): handed to the
+    /// generator when this request leads, released at once when it follows.
+    pub slot: Mutex<Option<Box<dyn Send>>>,
+}
+
+impl Share {
+    /// Take the slot (once).
+    pub fn take_slot(&self) -> Option<Box<dyn Send>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Why a request failed.
@@ -61,6 +83,9 @@ pub enum Error {
     /// Writing to the client failed (it went away).
     #[error("client connection: {0}")]
     Io(#[from] io::Error),
+    /// The shared generation this request was reading failed.
+    #[error("pack generation failed: {0}")]
+    Generation(String),
 }
 
 impl Error {

@@ -16,7 +16,7 @@ use super::request::Fetch;
 pub const INFINITE_DEPTH: u32 = 0x7fff_ffff;
 
 /// The outcome of the shallow computation.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ShallowPlan {
     /// Whether a `shallow-info` section / shallow list is sent at all.
     pub send_info: bool,

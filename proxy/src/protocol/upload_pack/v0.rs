@@ -152,11 +152,11 @@ fn serve_inner(ctx: &Context<'_>, body: &[u8], out: &mut dyn Write) -> Result<()
         pktline::line(&mut head, &format!("ACK {l}"));
     }
     drop(commits);
-    let chosen = pack::select(ctx, &req, &negotiation.common, &plan)?;
+    let job = pack::prepare(ctx, &req, &negotiation.common, &plan)?;
     out.write_all(&head)?;
     let max = req.sideband.max_payload();
     let mut sb = SidebandWriter::new(&mut *out, max, !req.no_progress);
-    if let Err(e) = pack::send(ctx, &req, chosen, &mut sb) {
+    if let Err(e) = pack::send(ctx, &req, job, &mut sb) {
         if !matches!(e, Error::Io(_)) {
             let _ = sb.error(&e.to_string());
         }

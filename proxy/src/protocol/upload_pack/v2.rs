@@ -111,7 +111,7 @@ fn fetch(ctx: &Context<'_>, req: &Fetch, out: &mut dyn Write) -> Result<(), Erro
     let table = ctx.view.refs(ctx.ns);
     let plan = shallow::plan(&mut commits, req, &table, ctx.interrupt)?;
     drop(commits);
-    let chosen = pack::select(ctx, req, &negotiation.common, &plan)?;
+    let job = pack::prepare(ctx, req, &negotiation.common, &plan)?;
     if plan.send_info {
         pktline::line(&mut head, "shallow-info");
         for s in &plan.shallow {
@@ -129,7 +129,7 @@ fn fetch(ctx: &Context<'_>, req: &Fetch, out: &mut dyn Write) -> Result<(), Erro
         Some(pktline::MAX_SIDEBAND_DATA),
         !req.no_progress,
     );
-    match pack::send(ctx, req, chosen, &mut sb) {
+    match pack::send(ctx, req, job, &mut sb) {
         Ok(_) => {}
         Err(e) => {
             if !matches!(e, Error::Io(_)) {
