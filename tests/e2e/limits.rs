@@ -455,6 +455,24 @@ fn a_full_disk_fails_the_push_cleanly_and_the_store_stays_consistent() {
     );
     assert_eq!(ls_remote_map(&w.git, &url), before, "no ref moved");
     assert!(w.server.is_running(), "the server survives a full disk");
+    // Reads need no disk: with not a byte left (so no pack spool can be written), clones work.
+    let brim_dir = w.server.data_dir().join("brim");
+    std::fs::create_dir(&brim_dir).expect("mkdir");
+    let brim = fill(&brim_dir, 0);
+    for (i, extra) in [&["-q"][..], &["-q", "--depth", "1"][..]]
+        .iter()
+        .enumerate()
+    {
+        let dest = w.git.unique_path(&format!("full-{i}"));
+        w.git.clone(&url, &dest, extra);
+        w.git.fsck_strict(&dest);
+    }
+    eprintln!(
+        "shared generation fell back to unshared on the full disk: {}",
+        w.server.logs().contains("generating unshared")
+    );
+    std::fs::remove_file(&brim).expect("free the disk");
+    std::fs::remove_dir(&brim_dir).expect("rmdir");
     std::fs::remove_file(&filler).expect("free the disk");
     w.git.push(&work, &["-q", &url, "main"]);
     let dest = w.git.unique_path("after");

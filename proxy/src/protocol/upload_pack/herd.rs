@@ -252,8 +252,14 @@ pub struct Reader {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The generator failed; the message says why.
-    #[error("pack generation failed: {0}")]
-    Generation(String),
+    #[error("pack generation failed: {message}")]
+    Generation {
+        /// Why.
+        message: String,
+        /// Whether any of the pack had reached this reader's client (if not, the reader may
+        /// still generate the pack itself: the spool may have failed for want of disk).
+        sent: bool,
+    },
     /// The spool file could not be read, or the server is shutting down.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -311,7 +317,12 @@ impl Reader {
             }
             match outcome {
                 Some(Outcome::Done(stats)) if pos >= len => return Ok(stats),
-                Some(Outcome::Failed(e)) => return Err(ReadError::Generation(e)),
+                Some(Outcome::Failed(message)) => {
+                    return Err(ReadError::Generation {
+                        message,
+                        sent: pos > 0,
+                    });
+                }
                 _ => {}
             }
         }

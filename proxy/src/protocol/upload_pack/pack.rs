@@ -93,6 +93,8 @@ pub enum Job {
         reader: Reader,
         /// Whether this request started the generation.
         leader: bool,
+        /// What to select again if the shared generation fails before sending anything.
+        retry: Box<(Vec<ObjectId>, ShallowPlan)>,
     },
 }
 
@@ -117,6 +119,7 @@ pub fn prepare(
             Ok(Job::Shared {
                 reader,
                 leader: false,
+                retry: Box::new((common.to_vec(), plan.clone())),
             })
         }
         Some(Joined::Leader(reader, generator)) => {
@@ -141,6 +144,7 @@ pub fn prepare(
                 Ok(_) => Ok(Job::Shared {
                     reader,
                     leader: true,
+                    retry: Box::new((common.to_vec(), plan.clone())),
                 }),
                 Err(e) => {
                     tracing::warn!(error = %e, "no pack-generation thread; generating unshared");
@@ -290,14 +294,41 @@ pub fn send<W: Write>(
 ) -> Result<PackStats, Error> {
     match job {
         Job::Own(chosen) => send_own(ctx, req, chosen, out),
-        Job::Shared { reader, leader } => {
+        Job::Shared {
+            reader,
+            leader,
+            retry,
+        } => {
             if let Some(notice) = &ctx.notice {
                 out.warning(&format!("{notice}\n"))?;
             }
-            let stats = reader.copy_to(out, ctx.interrupt).map_err(|e| match e {
-                ReadError::Io(e) => Error::Io(e),
-                ReadError::Generation(m) => Error::Generation(m),
-            })?;
+            let stats = match reader.copy_to(out, ctx.interrupt) {
+                Ok(stats) => stats,
+                Err(ReadError::Io(e)) => return Err(Error::Io(e)),
+                Err(ReadError::Generation {
+                    message,
+                    sent: false,
+                }) => {
+                    // Nothing reached this client yet: generate for it alone (a spool that
+                    // cannot be written, e.g. on a full disk, must not stop reads).
+                    tracing::warn!(error = %message, "shared pack generation failed; generating unshared");
+                    drop(reader);
+                    let (common, plan) = *retry;
+                    let chosen = select(ctx, req, &common, &plan)?;
+                    let ctx = Context {
+                        view: ctx.view.clone(),
+                        ns: ctx.ns,
+                        interrupt: ctx.interrupt,
+                        notice: None,
+                        recent_tips: Vec::new(),
+                        share: None,
+                    };
+                    return send_own(&ctx, req, chosen, out);
+                }
+                Err(ReadError::Generation { message, .. }) => {
+                    return Err(Error::Generation(message));
+                }
+            };
             if !leader {
                 crate::metrics::global().pack_shared(stats.bytes);
             }
