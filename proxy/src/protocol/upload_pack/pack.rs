@@ -3,8 +3,8 @@
 //! The full-clone fast path sends the namespace's stored packs as they are (duplicates
 //! dropped) when that is exactly the closure of what was asked: no haves, no shallow, no filter,
 //! every ref tip wanted, and the namespace "closed". Everything else runs a revision walk.
-//! With a [`Share`](super::Share) in the context, identical concurrent requests get one
-//! generation between them ([`super::herd`]).
+//! With a [`Share`](super::Share) in the context, identical concurrent requests that need a
+//! walk get one generation between them ([`super::herd`]).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -27,6 +27,22 @@ pub struct Chosen {
     fast_path: bool,
 }
 
+/// Whether the stored packs of the namespace, as they are, are exactly the answer to `req`.
+fn is_fast(ctx: &Context<'_>, req: &Fetch, common: &[ObjectId]) -> bool {
+    let wants: std::collections::HashSet<ObjectId> = req.wants.iter().copied().collect();
+    common.is_empty()
+        && req.shallow.is_empty()
+        && !req.deepens()
+        && matches!(req.filter, None | Some(Filter::None))
+        && ctx.view.catalog.is_closed(ctx.ns)
+        && ctx
+            .view
+            .refs(ctx.ns)
+            .values()
+            .filter_map(|v| v.id())
+            .all(|id| wants.contains(&id))
+}
+
 /// Decide what to send for `req`, given the common commits and the shallow plan.
 pub fn select(
     ctx: &Context<'_>,
@@ -35,17 +51,7 @@ pub fn select(
     plan: &ShallowPlan,
 ) -> Result<Chosen, Error> {
     let refs = ctx.view.refs(ctx.ns);
-    let wants: std::collections::HashSet<ObjectId> = req.wants.iter().copied().collect();
-    let fast = common.is_empty()
-        && req.shallow.is_empty()
-        && !req.deepens()
-        && matches!(req.filter, None | Some(Filter::None))
-        && ctx.view.catalog.is_closed(ctx.ns)
-        && refs
-            .values()
-            .filter_map(|v| v.id())
-            .all(|id| wants.contains(&id));
-    if fast {
+    if is_fast(ctx, req, common) {
         return Ok(Chosen {
             selection: Selection::AllOf(ctx.ns),
             client_has: HashSet::default(),
@@ -107,7 +113,9 @@ pub fn prepare(
     common: &[ObjectId],
     plan: &ShallowPlan,
 ) -> Result<Job, Error> {
-    let Some(share) = &ctx.share else {
+    // Streaming the stored packs as they are costs every reader what reading a spool would
+    // (and spooling a 471 MiB clone tripled the server's CPU): only generated packs are shared.
+    let Some(share) = ctx.share.as_ref().filter(|_| !is_fast(ctx, req, common)) else {
         return Ok(Job::Own(select(ctx, req, common, plan)?));
     };
     let key = pack_key(ctx, &share.repo, req, common, plan);
