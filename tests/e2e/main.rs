@@ -101,3 +101,11 @@ mod limits;
 /// Operability: `/metrics` (requests, bytes, packs, syncs, pushes), `/healthz`, `/readyz`,
 /// `--metrics-listen`, JSON logs, sync progress, graceful shutdown on SIGTERM and its deadline.
 mod ops;
+
+/// Backup and restore under load (`codestorage backup`/`restore`), refused damaged backups,
+/// non-empty targets and non-admin tokens; `export-refs`/`import-refs`.
+mod backup;
+
+/// Data directory format versions: a format-1 fixture migrated in place, a crash mid-migration,
+/// a newer format refused.
+mod format;

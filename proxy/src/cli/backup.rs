@@ -11,6 +11,9 @@ use crate::backup::{self, Manifest};
 
 /// `backup --to DIR`: stream a backup from the running server into the new directory `to`.
 pub async fn backup(client: &Client, to: &Path) -> Result<Manifest> {
+    if std::fs::read_dir(to).is_ok_and(|mut e| e.next().is_some()) {
+        bail!("{} is not empty; choose a new directory", to.display());
+    }
     let resp = client.get_raw("/api/v1/admin/backup").await?;
     let status = resp.status().as_u16();
     if status != 200 {
