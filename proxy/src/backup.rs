@@ -132,7 +132,10 @@ pub enum BackupError {
     },
 }
 
-fn io_err(context: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> BackupError {
+fn io_err(
+    context: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> BackupError {
     let path = path.into();
     move |source| BackupError::Io {
         context,
@@ -202,12 +205,7 @@ pub fn data_path(backup: &str) -> Option<PathBuf> {
 /// The durable files of the data directory other than repositories: keys, secrets, webhook
 /// subscriptions and queue, revocations, config. Paths relative to `data`, sorted.
 fn other_files(data: &Path) -> Result<Vec<String>, BackupError> {
-    fn walk(
-        dir: &Path,
-        rel: &str,
-        depth: usize,
-        out: &mut Vec<String>,
-    ) -> Result<(), BackupError> {
+    fn walk(dir: &Path, rel: &str, depth: usize, out: &mut Vec<String>) -> Result<(), BackupError> {
         if depth > MAX_DEPTH {
             return Ok(());
         }
@@ -261,7 +259,7 @@ struct StreamWriter<'a> {
 impl StreamWriter<'_> {
     fn file(&mut self, path: String, len: u64, from: &mut dyn Read) -> Result<(), BackupError> {
         let stream = PathBuf::from("<backup stream>");
-        write!(self.out, "file {len} {path}\n").map_err(io_err("write", &stream))?;
+        writeln!(self.out, "file {len} {path}").map_err(io_err("write", &stream))?;
         let sha256 = copy_hashed(from, self.out, len).map_err(io_err("copy", &path))?;
         self.files.push(ManifestFile {
             path,
@@ -274,9 +272,13 @@ impl StreamWriter<'_> {
 
 /// Write a backup of the data directory `data` (whose store is `store`, open and serving) to
 /// `out`. Blocking; the stream is never held in memory.
-pub fn write_backup(store: &Store, data: &Path, out: &mut dyn Write) -> Result<Manifest, BackupError> {
+pub fn write_backup(
+    store: &Store,
+    data: &Path,
+    out: &mut dyn Write,
+) -> Result<Manifest, BackupError> {
     let stream = PathBuf::from("<backup stream>");
-    write!(out, "{MAGIC} {BACKUP_FORMAT}\n").map_err(io_err("write", &stream))?;
+    writeln!(out, "{MAGIC} {BACKUP_FORMAT}").map_err(io_err("write", &stream))?;
     let mut w = StreamWriter {
         out,
         files: Vec::new(),
@@ -320,7 +322,7 @@ pub fn write_backup(store: &Store, data: &Path, out: &mut dyn Write) -> Result<M
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| BackupError::Stream(format!("encode manifest: {e}")))?;
-    write!(out, "manifest {}\n", json.len()).map_err(io_err("write", &stream))?;
+    writeln!(out, "manifest {}", json.len()).map_err(io_err("write", &stream))?;
     out.write_all(&json).map_err(io_err("write", &stream))?;
     out.write_all(b"end\n").map_err(io_err("write", &stream))?;
     out.flush().map_err(io_err("write", &stream))?;
@@ -474,7 +476,8 @@ fn unpack_into(input: &mut dyn BufRead, dir: &Path) -> Result<Manifest, BackupEr
                 }
                 let target = dir.join(path);
                 let mut file = create_file(&target, path.starts_with("secrets/"))?;
-                let sha = copy_hashed(input, &mut file, size).map_err(io_err("receive", &target))?;
+                let sha =
+                    copy_hashed(input, &mut file, size).map_err(io_err("receive", &target))?;
                 file.sync_all().map_err(io_err("fsync", &target))?;
                 received.insert(path.to_owned(), (size, sha));
             }
@@ -492,17 +495,15 @@ fn unpack_into(input: &mut dyn BufRead, dir: &Path) -> Result<Manifest, BackupEr
                 if read_line(input)?.as_deref() != Some("end") {
                     return Err(bad("the stream does not end after its manifest".into()));
                 }
-                let manifest: Manifest = serde_json::from_slice(&json)
-                    .map_err(|e| bad(format!("bad manifest: {e}")))?;
+                let manifest: Manifest =
+                    serde_json::from_slice(&json).map_err(|e| bad(format!("bad manifest: {e}")))?;
                 let listed: BTreeMap<String, (u64, String)> = manifest
                     .files
                     .iter()
                     .map(|f| (f.path.clone(), (f.size, f.sha256.clone())))
                     .collect();
                 if listed != received {
-                    return Err(bad(
-                        "the files received do not match the manifest".into(),
-                    ));
+                    return Err(bad("the files received do not match the manifest".into()));
                 }
                 let path = dir.join("MANIFEST.json");
                 let mut f = create_file(&path, false)?;
@@ -635,7 +636,10 @@ mod tests {
     fn paths_map_to_data_or_secrets_and_unsafe_ones_are_refused() {
         assert_eq!(backup_path("keys/signing.pem"), "secrets/keys/signing.pem");
         assert_eq!(backup_path("tls/key.pem"), "secrets/tls/key.pem");
-        assert_eq!(backup_path("repos/r1/refs.journal"), "data/repos/r1/refs.journal");
+        assert_eq!(
+            backup_path("repos/r1/refs.journal"),
+            "data/repos/r1/refs.journal"
+        );
         assert_eq!(
             data_path("data/repos/r1/refs.journal"),
             Some(PathBuf::from("repos/r1/refs.journal"))
@@ -665,7 +669,12 @@ mod tests {
         let store = Store::open(store_dir.path()).expect("store");
         let mut stream = Vec::new();
         let manifest = write_backup(&store, &data, &mut stream).expect("backup");
-        assert!(manifest.files.iter().any(|f| f.path == "secrets/keys/secrets.key"));
+        assert!(
+            manifest
+                .files
+                .iter()
+                .any(|f| f.path == "secrets/keys/secrets.key")
+        );
         assert!(!manifest.files.iter().any(|f| f.path.contains("index")));
 
         let out = tempfile::tempdir().expect("tempdir");
@@ -676,7 +685,10 @@ mod tests {
 
         let cut = &stream[..stream.len() - 4];
         let dest2 = out.path().join("c");
-        assert!(matches!(unpack(&mut &cut[..], &dest2), Err(BackupError::Stream(_))));
+        assert!(matches!(
+            unpack(&mut &cut[..], &dest2),
+            Err(BackupError::Stream(_))
+        ));
         assert!(!dest2.exists());
 
         fs::write(dest.join("data/FORMAT"), b"3\n").expect("alter");

@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::Store;
 use crate::error::{Result, StoreError};
 use crate::journal::Journal;
 use crate::record::RepoRecord;
 use crate::refs::{Expect, Namespace, RefUpdate, RefValue, valid_ref_name};
 use crate::repo::Transaction;
 use crate::state::RepoState;
-use crate::Store;
 
 /// Longest import file accepted.
 pub const MAX_IMPORT_BYTES: usize = 64 << 20;
@@ -94,7 +94,7 @@ pub fn import(store: &Store, text: &str) -> Result<ImportReport> {
         let fields: Vec<&str> = line.split('\t').collect();
         let [repo_name, ns, name, value] = fields[..] else {
             return Err(bad(
-                "expected <repo>\\t<namespace>\\t<ref>\\t<value>".to_owned(),
+                "expected <repo>\\t<namespace>\\t<ref>\\t<value>".to_owned()
             ));
         };
         let repo = store

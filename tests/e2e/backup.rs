@@ -40,7 +40,8 @@ fn ls_remote(w: &World, server: &Server, name: &str) -> BTreeMap<String, String>
 #[track_caller]
 fn clone_is_clean(w: &World, server: &Server, name: &str) {
     let dir = w.git.unique_path("restored-clone");
-    w.git.clone(&server.git_url(name), &dir, &["--mirror", "-q"]);
+    w.git
+        .clone(&server.git_url(name), &dir, &["--mirror", "-q"]);
     w.git.fsck_strict(&dir);
 }
 
@@ -75,9 +76,14 @@ fn a_backup_taken_under_load_restores_into_a_server_with_the_same_refs_credentia
     let seed = seed_repo(&w.git, &w.upstream, "mirror");
     w.upstream.require_basic_auth(Some(("alice", "pw-backup")));
     w.server.create_mirror("mirror", &seed.url);
-    let t = w
-        .server
-        .mint(&["--repo", "mirror", "--scopes", "repo:write", "--ttl", "3600"]);
+    let t = w.server.mint(&[
+        "--repo",
+        "mirror",
+        "--scopes",
+        "repo:write",
+        "--ttl",
+        "3600",
+    ]);
     let resp = w.server.request(
         "POST",
         "/api/v1/repos/git-credentials",
@@ -103,7 +109,8 @@ fn a_backup_taken_under_load_restores_into_a_server_with_the_same_refs_credentia
     w.git.push(&work, &["-q", "origin", "HEAD:refs/heads/main"]);
     w.git.commit_file(&work, "b.txt", "b\n", "b");
     w.git.run(&work, &["tag", "-a", "v1", "-m", "v1"]);
-    w.git.push(&work, &["-q", "origin", "HEAD:refs/heads/main", "v1"]);
+    w.git
+        .push(&work, &["-q", "origin", "HEAD:refs/heads/main", "v1"]);
     w.git.commit_file(&work, "e.txt", "e\n", "eph");
     w.git.push(
         &work,
@@ -128,25 +135,40 @@ fn a_backup_taken_under_load_restores_into_a_server_with_the_same_refs_credentia
     let sub_id = sub.json()["id"].as_str().expect("id").to_owned();
 
     let before_busy = ls_remote(&w, &w.server, "busy");
-    let expected: Vec<(&str, BTreeMap<String, String>)> = ["mirror", "team/app", "team/app+ephemeral"]
-        .into_iter()
-        .map(|n| (n, ls_remote(&w, &w.server, n)))
-        .collect();
+    let expected: Vec<(&str, BTreeMap<String, String>)> =
+        ["mirror", "team/app", "team/app+ephemeral"]
+            .into_iter()
+            .map(|n| (n, ls_remote(&w, &w.server, n)))
+            .collect();
 
     // Pushes (new branches of busy) and clones run while the backup is taken.
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     {
-        let (git, url, halt, busy) = (Clone::clone(&w.git), w.server.git_url("busy"), stop.clone(), busy.clone());
+        let (git, url, halt, busy) = (
+            Clone::clone(&w.git),
+            w.server.git_url("busy"),
+            stop.clone(),
+            busy.clone(),
+        );
         load.push(std::thread::spawn(move || {
             let mut n = 0;
             while !halt.load(Ordering::SeqCst) && n < 200 {
                 n += 1;
-                git.commit_file(&busy, &format!("{n}.txt"), format!("{n}\n"), &format!("{n}"));
+                git.commit_file(
+                    &busy,
+                    &format!("{n}.txt"),
+                    format!("{n}\n"),
+                    &format!("{n}"),
+                );
                 git.push(&busy, &["-q", &url, &format!("HEAD:refs/heads/b{n}")]);
             }
         }));
-        let (git, url, halt) = (Clone::clone(&w.git), w.server.git_url("team/app"), stop.clone());
+        let (git, url, halt) = (
+            Clone::clone(&w.git),
+            w.server.git_url("team/app"),
+            stop.clone(),
+        );
         load.push(std::thread::spawn(move || {
             while !halt.load(Ordering::SeqCst) {
                 let dir = git.unique_path("load-clone");
@@ -161,7 +183,11 @@ fn a_backup_taken_under_load_restores_into_a_server_with_the_same_refs_credentia
     let out = w
         .server
         .cli_ok(&["backup", "--to", backup.to_str().expect("utf-8")]);
-    assert!(out.stdout.contains("backed up 3 repositories"), "{}", out.describe());
+    assert!(
+        out.stdout.contains("backed up 3 repositories"),
+        "{}",
+        out.describe()
+    );
     stop.store(true, Ordering::SeqCst);
     for t in load {
         t.join().expect("load thread");
@@ -174,11 +200,19 @@ fn a_backup_taken_under_load_restores_into_a_server_with_the_same_refs_credentia
     .expect("manifest JSON");
     assert_eq!(manifest["data_format"], 2, "{manifest}");
     let listed = files(&backup);
-    assert!(listed.contains(Path::new("secrets/keys/signing.pem")), "{listed:?}");
-    assert!(listed.contains(Path::new("secrets/keys/secrets.key")), "{listed:?}");
+    assert!(
+        listed.contains(Path::new("secrets/keys/signing.pem")),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(Path::new("secrets/keys/secrets.key")),
+        "{listed:?}"
+    );
     assert!(listed.contains(Path::new("README.txt")));
     assert!(
-        !listed.iter().any(|p| p.starts_with("data/index") || p.starts_with("data/keys")),
+        !listed
+            .iter()
+            .any(|p| p.starts_with("data/index") || p.starts_with("data/keys")),
         "no index, no keys outside secrets/: {listed:?}"
     );
 
@@ -189,21 +223,45 @@ fn a_backup_taken_under_load_restores_into_a_server_with_the_same_refs_credentia
     restored.restart();
 
     for (name, refs) in &expected {
-        assert_eq!(&ls_remote(&w, &restored, name), refs, "refs of {name} after the restore");
+        assert_eq!(
+            &ls_remote(&w, &restored, name),
+            refs,
+            "refs of {name} after the restore"
+        );
         clone_is_clean(&w, &restored, name);
     }
     let busy_restored = ls_remote(&w, &restored, "busy");
     let busy_live = ls_remote(&w, &w.server, "busy");
     for (r, id) in &before_busy {
-        assert_eq!(busy_restored.get(r), Some(id), "busy: {r} existed before the backup");
+        assert_eq!(
+            busy_restored.get(r),
+            Some(id),
+            "busy: {r} existed before the backup"
+        );
     }
     for (r, id) in &busy_restored {
-        assert_eq!(busy_live.get(r), Some(id), "busy: {r} is a state the server had");
+        assert_eq!(
+            busy_live.get(r),
+            Some(id),
+            "busy: {r} is a state the server had"
+        );
     }
     clone_is_clean(&w, &restored, "busy");
+    eprintln!(
+        "busy: {} refs before the backup, {} in it, {} after the load",
+        before_busy.len(),
+        busy_restored.len(),
+        busy_live.len()
+    );
+    assert!(
+        busy_live.len() > before_busy.len(),
+        "pushes ran during the test"
+    );
 
     // The sealed credential still decrypts: a sync of new upstream commits succeeds.
-    let tip = w.git.commit_file(&seed.work, "later.txt", "later\n", "later");
+    let tip = w
+        .git
+        .commit_file(&seed.work, "later.txt", "later\n", "later");
     seed.publish(&w.git);
     restored.sync_now("mirror");
     assert_eq!(
@@ -240,9 +298,14 @@ fn damaged_backups_non_empty_targets_and_non_admin_tokens_are_refused() {
     w.git.push(&work, &["-q", "origin", "HEAD:refs/heads/main"]);
 
     // Without the admin scope: 403, nothing written.
-    let reader = w
-        .server
-        .mint(&["--repo", "org", "--scopes", "git:read,repo:write,org:read", "--ttl", "600"]);
+    let reader = w.server.mint(&[
+        "--repo",
+        "org",
+        "--scopes",
+        "git:read,repo:write,org:read",
+        "--ttl",
+        "600",
+    ]);
     let resp = w.server.request(
         "GET",
         "/api/v1/admin/backup",
@@ -264,7 +327,11 @@ fn damaged_backups_non_empty_targets_and_non_admin_tokens_are_refused() {
         "--to",
         denied.to_str().expect("utf-8"),
     ]);
-    assert!(!out.success() && out.stderr.contains("403"), "{}", out.describe());
+    assert!(
+        !out.success() && out.stderr.contains("403"),
+        "{}",
+        out.describe()
+    );
     assert!(!denied.exists(), "nothing written for a refused backup");
 
     let backup = root.path().join("b");
@@ -274,20 +341,31 @@ fn damaged_backups_non_empty_targets_and_non_admin_tokens_are_refused() {
     let out = w
         .server
         .cli(&["backup", "--to", backup.to_str().expect("utf-8")]);
-    assert!(!out.success() && out.stderr.contains("not empty"), "{}", out.describe());
+    assert!(
+        !out.success() && out.stderr.contains("not empty"),
+        "{}",
+        out.describe()
+    );
 
     // Restore into a non-empty dir: refused, the dir untouched.
     let busy = root.path().join("busy");
     std::fs::create_dir_all(&busy).expect("mkdir");
     std::fs::write(busy.join("keep.txt"), "mine").expect("write");
-    let out = bin_cli(root.path(), &[
-        "--data-dir",
-        busy.to_str().expect("utf-8"),
-        "restore",
-        "--from",
-        backup.to_str().expect("utf-8"),
-    ]);
-    assert!(!out.success() && out.stderr.contains("not empty"), "{}", out.describe());
+    let out = bin_cli(
+        root.path(),
+        &[
+            "--data-dir",
+            busy.to_str().expect("utf-8"),
+            "restore",
+            "--from",
+            backup.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        !out.success() && out.stderr.contains("not empty"),
+        "{}",
+        out.describe()
+    );
     assert_eq!(files(&busy), BTreeSet::from([PathBuf::from("keep.txt")]));
 
     // A flipped byte in a pack: refused, naming the file; nothing created.
@@ -301,13 +379,16 @@ fn damaged_backups_non_empty_targets_and_non_admin_tokens_are_refused() {
     bytes[mid] ^= 0x40;
     std::fs::write(&path, bytes).expect("write pack");
     let target = root.path().join("restored");
-    let out = bin_cli(root.path(), &[
-        "--data-dir",
-        target.to_str().expect("utf-8"),
-        "restore",
-        "--from",
-        backup.to_str().expect("utf-8"),
-    ]);
+    let out = bin_cli(
+        root.path(),
+        &[
+            "--data-dir",
+            target.to_str().expect("utf-8"),
+            "restore",
+            "--from",
+            backup.to_str().expect("utf-8"),
+        ],
+    );
     assert!(!out.success(), "{}", out.describe());
     assert!(
         out.stderr.contains("damaged") && out.stderr.contains("SHA-256"),
@@ -341,7 +422,11 @@ fn export_refs_lists_every_ref_and_import_refs_sets_them_only_if_every_object_ex
     w.git.push(&work, &["-q", "origin", "HEAD:refs/heads/main"]);
     w.git.push(
         &work,
-        &["-q", &w.server.git_url("app+ephemeral"), "HEAD:refs/heads/wip"],
+        &[
+            "-q",
+            &w.server.git_url("app+ephemeral"),
+            "HEAD:refs/heads/wip",
+        ],
     );
 
     // Export works while the server runs (it reads the journals).
@@ -353,7 +438,10 @@ fn export_refs_lists_every_ref_and_import_refs_sets_them_only_if_every_object_ex
         "app\tdefault\tHEAD\tref: refs/heads/main".to_owned(),
         format!("app\tephemeral\trefs/heads/wip\t{second}"),
     ] {
-        assert!(exported.lines().any(|l| l == line), "{line:?} in\n{exported}");
+        assert!(
+            exported.lines().any(|l| l == line),
+            "{line:?} in\n{exported}"
+        );
     }
     let only = w.server.data_cli(&["export-refs", "--repo", "nope"]);
     assert!(!only.success(), "{}", only.describe());
@@ -369,7 +457,9 @@ fn export_refs_lists_every_ref_and_import_refs_sets_them_only_if_every_object_ex
         ),
     )
     .expect("write");
-    let out = w.server.data_cli(&["import-refs", file.to_str().expect("utf-8")]);
+    let out = w
+        .server
+        .data_cli(&["import-refs", file.to_str().expect("utf-8")]);
     assert!(out.success(), "{}", out.describe());
 
     // A listing with a missing object is refused whole: nothing changes.
@@ -382,7 +472,9 @@ fn export_refs_lists_every_ref_and_import_refs_sets_them_only_if_every_object_ex
         ),
     )
     .expect("write");
-    let out = w.server.data_cli(&["import-refs", bad.to_str().expect("utf-8")]);
+    let out = w
+        .server
+        .data_cli(&["import-refs", bad.to_str().expect("utf-8")]);
     assert!(!out.success(), "{}", out.describe());
     assert!(
         out.stderr.contains("line 2") && out.stderr.contains("nothing was imported"),
@@ -397,7 +489,9 @@ fn export_refs_lists_every_ref_and_import_refs_sets_them_only_if_every_object_ex
         "app\tdefault\trefs/heads/main\tnot-an-id".to_owned(),
     ] {
         std::fs::write(&bad, format!("{bad_line}\n")).expect("write");
-        let out = w.server.data_cli(&["import-refs", bad.to_str().expect("utf-8")]);
+        let out = w
+            .server
+            .data_cli(&["import-refs", bad.to_str().expect("utf-8")]);
         assert!(!out.success(), "{bad_line:?} refused\n{}", out.describe());
         assert!(out.stderr.contains("line 1"), "{}", out.describe());
     }
@@ -408,6 +502,10 @@ fn export_refs_lists_every_ref_and_import_refs_sets_them_only_if_every_object_ex
     assert_eq!(refs.get("refs/heads/old"), Some(&first), "{refs:?}");
     assert!(!refs.contains_key("refs/heads/ghost"), "{refs:?}");
     let eph = ls_remote(&w, &w.server, "app+ephemeral");
-    assert_eq!(eph.get("refs/heads/wip"), Some(&second), "untouched: {eph:?}");
+    assert_eq!(
+        eph.get("refs/heads/wip"),
+        Some(&second),
+        "untouched: {eph:?}"
+    );
     clone_is_clean(&w, &w.server, "app");
 }

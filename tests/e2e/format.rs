@@ -127,8 +127,10 @@ fn a_format_1_data_dir_is_migrated_in_place_and_serves_the_same_refs_and_objects
     serves_the_fixture_refs_and_objects(&w);
     // Pushes work on the migrated dir.
     let clone = w.git.unique_path("work");
-    w.git.clone(&w.server.git_url("fixture/app"), &clone, &["-q"]);
-    w.git.commit_file(&clone, "after.txt", b"after the migration".to_vec(), "after");
+    w.git
+        .clone(&w.server.git_url("fixture/app"), &clone, &["-q"]);
+    w.git
+        .commit_file(&clone, "after.txt", b"after the migration", "after");
     w.git.push(&clone, &["origin", "HEAD:refs/heads/after"]);
 }
 
@@ -185,9 +187,17 @@ fn a_data_dir_of_a_newer_format_is_refused_with_both_versions_and_left_untouched
     let data = server.data_dir().to_owned();
     std::fs::write(data.join("FORMAT"), "99\n").expect("write FORMAT");
     let before = snapshot(&data);
-    for args in [&["fsck"][..], &["fsck", "--rebuild"], &["serve", "--listen", "127.0.0.1:0"]] {
+    for args in [
+        &["fsck"][..],
+        &["fsck", "--rebuild"],
+        &["serve", "--listen", "127.0.0.1:0"],
+    ] {
         let out = server.data_cli(args);
-        assert!(!out.success(), "{args:?} on a newer dir\n{}", out.describe());
+        assert!(
+            !out.success(),
+            "{args:?} on a newer dir\n{}",
+            out.describe()
+        );
         assert!(
             out.stderr.contains("format 99") && out.stderr.contains(&format!("(format {CURRENT})")),
             "the message names both versions\n{}",
@@ -199,5 +209,8 @@ fn a_data_dir_of_a_newer_format_is_refused_with_both_versions_and_left_untouched
             out.describe()
         );
     }
-    assert!(snapshot(&data) == before, "nothing in the newer dir changed");
+    assert!(
+        snapshot(&data) == before,
+        "nothing in the newer dir changed"
+    );
 }

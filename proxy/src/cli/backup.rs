@@ -52,9 +52,14 @@ pub fn export_refs(data: &Path, repo: Option<&str>) -> Result<String> {
 pub fn import_refs(data: &Path, file: &Path) -> Result<codestorage_store::refs_text::ImportReport> {
     let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
     if meta.len() > codestorage_store::refs_text::MAX_IMPORT_BYTES as u64 {
-        bail!("{} is larger than {} bytes", file.display(), codestorage_store::refs_text::MAX_IMPORT_BYTES);
+        bail!(
+            "{} is larger than {} bytes",
+            file.display(),
+            codestorage_store::refs_text::MAX_IMPORT_BYTES
+        );
     }
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     if !data.join("repos").is_dir() {
         bail!("{} is not a codestorage data directory", data.display());
     }

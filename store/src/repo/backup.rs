@@ -82,12 +82,7 @@ impl Repo {
         let mut files = Vec::with_capacity(2 + 2 * packs.len());
         // The record is replaced atomically: the handle holds one whole version of it.
         files.push(open(&self.dir, &prefix, "record.json", None)?);
-        files.push(open(
-            &self.dir,
-            &prefix,
-            "refs.journal",
-            Some(journal_len),
-        )?);
+        files.push(open(&self.dir, &prefix, "refs.journal", Some(journal_len))?);
         for p in &packs {
             for ext in ["pack", "idx"] {
                 files.push(open(
