@@ -86,6 +86,10 @@ enum Command {
     ImportRefs {
         /// The listing.
         file: PathBuf,
+        /// First catalog the packs in objects/pack that no journal entry names (after a
+        /// damaged journal was cut back or moved aside), so refs can point into them again.
+        #[arg(long)]
+        adopt_packs: bool,
     },
     /// Verify the data directory (server stopped).
     Fsck {
@@ -197,9 +201,9 @@ async fn run(cli: Cli) -> Result<()> {
             .await??;
             print!("{text}");
         }
-        Command::ImportRefs { file } => {
+        Command::ImportRefs { file, adopt_packs } => {
             let r = tokio::task::spawn_blocking(move || {
-                codestorage::cli::backup::import_refs(&data_dir, &file)
+                codestorage::cli::backup::import_refs(&data_dir, &file, adopt_packs)
             })
             .await??;
             println!(

@@ -171,7 +171,7 @@ fn check_repo(dir: &Path, report: &mut Report) -> Option<(String, RepoState)> {
     Some((record.id, state))
 }
 
-fn verify_pack(pack_dir: &Path, name: &str) -> std::result::Result<Pack, String> {
+pub(crate) fn verify_pack(pack_dir: &Path, name: &str) -> std::result::Result<Pack, String> {
     for ext in ["pack", "idx"] {
         let p = pack_dir.join(format!("{name}.{ext}"));
         if !p.is_file() {

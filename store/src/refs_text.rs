@@ -10,7 +10,8 @@
 //! store (the server stopped): it checks every line first — repository known, names valid, every
 //! object present in the repository's packs — and changes nothing if any line fails; then it
 //! sets the listed refs, one atomic transaction per repository and namespace. Refs not listed
-//! are left as they are.
+//! are left as they are. [`adopt_packs`] first catalogs packs that a lost or cut-back journal
+//! no longer names, so that refs can point into them again.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -64,6 +65,20 @@ pub fn export(root: &Path, only: Option<&str>) -> Result<String> {
             for (r, v) in table {
                 let _ = writeln!(out, "{name}\t{}\t{r}\t{}", ns.as_str(), v.encode());
             }
+        }
+    }
+    Ok(out)
+}
+
+/// Catalog, in every repository of `store`, the packs the journals do not name (see
+/// [`crate::Repo::adopt_packs`]): what makes their objects usable by [`import`] after a journal
+/// was lost or cut back. Returns `(repository, pack)` pairs.
+pub fn adopt_packs(store: &Store) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for repo in store.repos() {
+        let name = repo.record().name;
+        for pack in repo.adopt_packs()? {
+            out.push((name.clone(), pack));
         }
     }
     Ok(out)

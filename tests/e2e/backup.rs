@@ -508,4 +508,52 @@ fn export_refs_lists_every_ref_and_import_refs_sets_them_only_if_every_object_ex
         "untouched: {eph:?}"
     );
     clone_is_clean(&w, &w.server, "app");
+
+    // Recovery: the journal and the index are lost, the packs survived. The export taken
+    // earlier brings the refs back once --adopt-packs has cataloged the packs again.
+    w.server.stop();
+    let data = w.server.data_dir().to_owned();
+    std::fs::remove_dir_all(data.join("index")).expect("remove the index");
+    let repo_dir = std::fs::read_dir(data.join("repos"))
+        .expect("repos")
+        .flatten()
+        .next()
+        .expect("one repo")
+        .path();
+    std::fs::rename(
+        repo_dir.join("refs.journal"),
+        root.path().join("damaged.journal"),
+    )
+    .expect("move the journal aside");
+    let listing = root.path().join("exported.txt");
+    std::fs::write(&listing, &exported).expect("write");
+    let out = w
+        .server
+        .data_cli(&["import-refs", listing.to_str().expect("utf-8")]);
+    assert!(
+        !out.success() && out.stderr.contains("nothing was imported"),
+        "without --adopt-packs the objects are not cataloged\n{}",
+        out.describe()
+    );
+    let out = w.server.data_cli(&[
+        "import-refs",
+        "--adopt-packs",
+        listing.to_str().expect("utf-8"),
+    ]);
+    assert!(out.success(), "{}", out.describe());
+    assert!(out.stdout.contains("adopted pack-"), "{}", out.describe());
+    let fsck = w.server.fsck();
+    assert!(
+        fsck.success(),
+        "fsck after the recovery\n{}",
+        fsck.describe()
+    );
+    w.server.restart();
+    let refs = ls_remote(&w, &w.server, "app");
+    assert_eq!(refs.get("refs/heads/main"), Some(&second), "{refs:?}");
+    assert_eq!(refs.get("HEAD"), Some(&second), "{refs:?}");
+    let eph = ls_remote(&w, &w.server, "app+ephemeral");
+    assert_eq!(eph.get("refs/heads/wip"), Some(&second), "{eph:?}");
+    clone_is_clean(&w, &w.server, "app");
+    clone_is_clean(&w, &w.server, "app+ephemeral");
 }

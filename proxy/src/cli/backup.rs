@@ -49,7 +49,11 @@ pub fn export_refs(data: &Path, repo: Option<&str>) -> Result<String> {
 }
 
 /// `import-refs FILE` on the stopped data directory `data`.
-pub fn import_refs(data: &Path, file: &Path) -> Result<codestorage_store::refs_text::ImportReport> {
+pub fn import_refs(
+    data: &Path,
+    file: &Path,
+    adopt: bool,
+) -> Result<codestorage_store::refs_text::ImportReport> {
     let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
     if meta.len() > codestorage_store::refs_text::MAX_IMPORT_BYTES as u64 {
         bail!(
@@ -69,6 +73,11 @@ pub fn import_refs(data: &Path, file: &Path) -> Result<codestorage_store::refs_t
             data.display()
         )
     })?;
+    if adopt {
+        for (repo, pack) in codestorage_store::refs_text::adopt_packs(&store)? {
+            println!("adopted {pack} into {repo}");
+        }
+    }
     let report = codestorage_store::refs_text::import(&store, &text)?;
     store.wait_idle();
     store.index().flush()?;

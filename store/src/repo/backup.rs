@@ -7,12 +7,20 @@
 //! handle stays readable even if a compaction unlinks the file). So the copy is exactly the
 //! repository as of one journal position: every pack the copied journal names is in it.
 //! Commit graphs are not copied (rebuilt at open), nor is the index.
+//!
+//! Also the recovery counterpart, [`Repo::adopt_packs`]: catalog packs whose journal entries
+//! were lost (a journal cut back or replaced after damage), so that `import-refs` can point
+//! refs at their objects again.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
-use super::{Repo, lock};
+use super::{GraphJob, Repo, View, lock, now};
 use crate::error::{Result, StoreError};
+use crate::journal::TxRecord;
+use crate::refs::Namespace;
 
 /// One file of a snapshot: where it goes (relative to the data directory, `/`-separated), how
 /// many bytes of it belong to the snapshot, and a handle to read them from.
@@ -101,5 +109,64 @@ impl Repo {
             packs,
             files,
         })
+    }
+
+    /// Catalog every verified pack in `objects/pack` that the journal does not name and that
+    /// is not an interrupted ingest (no `.keep`): one journal entry each, without ref changes,
+    /// in the default namespace, not "closed" (no full-clone fast path until the refs say so).
+    /// A pack that fails verification stops the adoption with an error naming it. Returns
+    /// the adopted packs.
+    pub fn adopt_packs(&self) -> Result<Vec<String>> {
+        let mut w = lock(&self.writer);
+        let pack_dir = self.dir.join("objects").join("pack");
+        let cataloged: BTreeSet<String> = w
+            .state
+            .catalog
+            .packs
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        let entries = std::fs::read_dir(&pack_dir).map_err(StoreError::io("read", &pack_dir))?;
+        let mut orphans: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter_map(|f| f.strip_suffix(".pack").map(str::to_owned))
+            .filter(|stem| stem.starts_with("pack-") && !cataloged.contains(stem))
+            .filter(|stem| !pack_dir.join(format!("{stem}.keep")).exists())
+            .collect();
+        orphans.sort();
+        let rid = self.record().id;
+        for name in &orphans {
+            let pack = crate::fsck::verify_pack(&pack_dir, name)
+                .map_err(|e| StoreError::Invalid(format!("cannot adopt {name}: {e}")))?;
+            let record = TxRecord {
+                seq: w.state.catalog.journal_seq + 1,
+                time: now(),
+                who: "adopt-packs".into(),
+                ns: Namespace::Default,
+                pack: Some(name.clone()),
+                closed: false,
+                updates: Vec::new(),
+            };
+            let end = w.journal.append(&record)?;
+            w.state.apply(&record, end);
+            if let Err(e) = self.index.apply(&rid, &record, &w.state.catalog) {
+                tracing::warn!(error = %e, "index update failed; it will be rebuilt from the journal");
+            }
+            let view = self.view();
+            let packs = Arc::new(view.packs.with_pack(Arc::new(pack), Namespace::Default));
+            self.publish(View::new(
+                packs.clone(),
+                view.refs.clone(),
+                w.state.catalog.clone(),
+                None,
+            ));
+            self.queue_graph(GraphJob::Extend {
+                packs,
+                commits: None,
+            });
+            tracing::info!(repo = %self.record().name, pack = %name, "adopted an uncataloged pack");
+        }
+        Ok(orphans)
     }
 }
