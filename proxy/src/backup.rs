@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use aws_lc_rs::digest::{Context, SHA256};
 use codestorage_store::{FORMAT, Store, fsutil};
@@ -271,12 +272,21 @@ impl StreamWriter<'_> {
 }
 
 /// Write a backup of the data directory `data` (whose store is `store`, open and serving) to
-/// `out`. Blocking; the stream is never held in memory.
+/// `out`. Blocking; the stream is never held in memory. Stops (an error, so the stream lacks its
+/// `end` line) when `interrupt` is set (shutdown).
 pub fn write_backup(
     store: &Store,
     data: &Path,
     out: &mut dyn Write,
+    interrupt: &AtomicBool,
 ) -> Result<Manifest, BackupError> {
+    let check = || {
+        if interrupt.load(Ordering::Relaxed) {
+            Err(BackupError::Stream("interrupted by shutdown".into()))
+        } else {
+            Ok(())
+        }
+    };
     let stream = PathBuf::from("<backup stream>");
     writeln!(out, "{MAGIC} {BACKUP_FORMAT}").map_err(io_err("write", &stream))?;
     let mut w = StreamWriter {
@@ -285,6 +295,7 @@ pub fn write_backup(
     };
     let mut repos = Vec::new();
     for repo in store.repos() {
+        check()?;
         let snap = match repo.snapshot() {
             Ok(s) => s,
             // Deleted while the backup ran: it is not part of it.
@@ -302,6 +313,7 @@ pub fn write_backup(
         });
     }
     for rel in other_files(data)? {
+        check()?;
         let path = data.join(&rel);
         let mut file = match File::open(&path) {
             Ok(f) => f,
@@ -668,7 +680,8 @@ mod tests {
         let store_dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(store_dir.path()).expect("store");
         let mut stream = Vec::new();
-        let manifest = write_backup(&store, &data, &mut stream).expect("backup");
+        let manifest =
+            write_backup(&store, &data, &mut stream, &AtomicBool::new(false)).expect("backup");
         assert!(
             manifest
                 .files

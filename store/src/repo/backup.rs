@@ -170,3 +170,57 @@ impl Repo {
         Ok(orphans)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use crate::{Expect, Namespace, RefUpdate, RefValue, RepoName, Store, Transaction};
+
+    #[test]
+    fn a_snapshot_holds_the_journal_as_of_its_capture_and_adopt_finds_no_orphans() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let name = RepoName::new("team/app").expect("name");
+        let repo = store
+            .create_repo(&name, "main", None, None)
+            .expect("create");
+        let journal_path = repo.dir().join("refs.journal");
+        let before = std::fs::read(&journal_path).expect("read");
+        let mut snap = repo.snapshot().expect("snapshot");
+        assert_eq!(snap.journal_len, before.len() as u64);
+        repo.commit(Transaction {
+            ns: Namespace::Default,
+            updates: vec![RefUpdate {
+                name: "HEAD".into(),
+                expect: Expect::Any,
+                new: Some(RefValue::Symbolic("refs/heads/dev".into())),
+            }],
+            who: "test".into(),
+            atomic: true,
+            quarantine: None,
+        })
+        .expect("commit");
+        assert!(std::fs::metadata(&journal_path).expect("stat").len() > snap.journal_len);
+        let rid = repo.record().id;
+        let paths: Vec<&str> = snap.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                format!("repos/{rid}/record.json"),
+                format!("repos/{rid}/refs.journal")
+            ]
+        );
+        let journal = &mut snap.files[1];
+        let mut got = Vec::new();
+        (&mut journal.file)
+            .take(journal.len)
+            .read_to_end(&mut got)
+            .expect("read");
+        assert_eq!(
+            got, before,
+            "the snapshot's journal stops where it was captured"
+        );
+        assert!(repo.adopt_packs().expect("adopt").is_empty());
+    }
+}

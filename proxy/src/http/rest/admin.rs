@@ -35,7 +35,8 @@ pub(super) fn backup(app: &Arc<App>, id: &Identity) -> Result<Response<Body>, Ap
     tokio::task::spawn_blocking(move || {
         let _span = tracing::info_span!("backup", by = %who).entered();
         let started = std::time::Instant::now();
-        match crate::backup::write_backup(&app.store, &app.config.data_dir, &mut writer) {
+        let (store, data) = (&app.store, &app.config.data_dir);
+        match crate::backup::write_backup(store, data, &mut writer, &app.interrupt) {
             Ok(m) => tracing::info!(
                 repos = m.repos.len(),
                 files = m.files.len(),
