@@ -81,6 +81,9 @@ enum Command {
         /// Only this repository.
         #[arg(long)]
         repo: Option<String>,
+        /// Ask the running server (--server, admin scope) instead of reading --data-dir.
+        #[arg(long)]
+        from_server: bool,
     },
     /// Set refs from an `export-refs` listing (server stopped); changes nothing if any line fails.
     ImportRefs {
@@ -194,11 +197,20 @@ async fn run(cli: Cli) -> Result<()> {
                 data_dir.display()
             );
         }
-        Command::ExportRefs { repo } => {
-            let text = tokio::task::spawn_blocking(move || {
-                codestorage::cli::backup::export_refs(&data_dir, repo.as_deref())
-            })
-            .await??;
+        Command::ExportRefs { repo, from_server } => {
+            let text = if from_server {
+                let token = match cli.token {
+                    Some(t) => Some(t),
+                    None => codestorage::cli::keys::admin_token(&data_dir).ok(),
+                };
+                let client = codestorage::cli::Client::new(&cli.server, token)?;
+                codestorage::cli::backup::export_refs_from_server(&client, repo.as_deref()).await?
+            } else {
+                tokio::task::spawn_blocking(move || {
+                    codestorage::cli::backup::export_refs(&data_dir, repo.as_deref())
+                })
+                .await??
+            };
             print!("{text}");
         }
         Command::ImportRefs { file, adopt_packs } => {

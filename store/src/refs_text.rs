@@ -5,8 +5,9 @@
 //! an object id (40 hex digits) or `ref: <target>` for a symbolic ref. Lines starting with `#`
 //! and blank lines are comments.
 //!
-//! Export reads the journals directly (read-only; a journal is append-only, so this is safe
-//! while a server runs, and needs no index). Import goes through [`Repo::commit`] on an open
+//! [`export`] reads the journals directly (read-only; a journal is append-only, so this is safe
+//! while a server runs, and needs no index); [`export_store`] lists an open store (the server's
+//! `GET /api/v1/admin/refs`). Import goes through [`crate::Repo::commit`] on an open
 //! store (the server stopped): it checks every line first — repository known, names valid, every
 //! object present in the repository's packs — and changes nothing if any line fails; then it
 //! sets the listed refs, one atomic transaction per repository and namespace. Refs not listed
@@ -59,15 +60,51 @@ pub fn export(root: &Path, only: Option<&str>) -> Result<String> {
     {
         return Err(StoreError::RepoNotFound(name.to_owned()));
     }
+    Ok(render(
+        repos
+            .iter()
+            .map(|(name, state)| (name.as_str(), state.refs.clone())),
+    ))
+}
+
+/// The listing of `repos` (name and ref tables), in the order given.
+pub fn render<'a>(
+    repos: impl Iterator<Item = (&'a str, BTreeMap<Namespace, crate::refs::RefTable>)>,
+) -> String {
     let mut out = String::from("# codestorage refs: <repo>\t<namespace>\t<ref>\t<value>\n");
-    for (name, state) in &repos {
-        for (ns, table) in &state.refs {
+    for (name, refs) in repos {
+        for (ns, table) in &refs {
             for (r, v) in table {
                 let _ = writeln!(out, "{name}\t{}\t{r}\t{}", ns.as_str(), v.encode());
             }
         }
     }
-    Ok(out)
+    out
+}
+
+/// The listing of the open `store` (of repository `only`, if given), from its current views.
+pub fn export_store(store: &Store, only: Option<&str>) -> Result<String> {
+    let mut repos: Vec<(String, BTreeMap<Namespace, crate::refs::RefTable>)> = Vec::new();
+    for repo in store.repos() {
+        let name = repo.record().name;
+        if only.is_some_and(|n| n != name) {
+            continue;
+        }
+        let view = repo.view();
+        let refs = view
+            .refs
+            .iter()
+            .map(|(ns, t)| (*ns, t.as_ref().clone()))
+            .collect();
+        repos.push((name, refs));
+    }
+    if let Some(name) = only
+        && repos.is_empty()
+    {
+        return Err(StoreError::RepoNotFound(name.to_owned()));
+    }
+    repos.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(render(repos.iter().map(|(n, r)| (n.as_str(), r.clone()))))
 }
 
 /// Catalog, in every repository of `store`, the packs the journals do not name (see

@@ -135,11 +135,15 @@ fn a_backup_taken_under_load_restores_into_a_server_with_the_same_refs_credentia
     let sub_id = sub.json()["id"].as_str().expect("id").to_owned();
 
     let before_busy = ls_remote(&w, &w.server, "busy");
-    let expected: Vec<(&str, BTreeMap<String, String>)> =
-        ["mirror", "team/app", "team/app+ephemeral"]
-            .into_iter()
-            .map(|n| (n, ls_remote(&w, &w.server, n)))
-            .collect();
+    let expected: Vec<(&str, BTreeMap<String, String>)> = [
+        "mirror",
+        "mirror+ephemeral",
+        "team/app",
+        "team/app+ephemeral",
+    ]
+    .into_iter()
+    .map(|n| (n, ls_remote(&w, &w.server, n)))
+    .collect();
 
     // Pushes (new branches of busy) and clones run while the backup is taken.
     let stop = Arc::new(AtomicBool::new(false));
@@ -314,6 +318,13 @@ fn damaged_backups_non_empty_targets_and_non_admin_tokens_are_refused() {
     );
     assert_eq!(resp.status, 403, "{}", resp.describe());
     assert!(resp.json()["error"].is_string(), "{}", resp.describe());
+    let refs = w.server.request(
+        "GET",
+        "/api/v1/admin/refs",
+        None,
+        &[("Authorization", &format!("Bearer {reader}"))],
+    );
+    assert_eq!(refs.status, 403, "{}", refs.describe());
     let anon = w
         .server
         .request_anonymous("GET", "/api/v1/admin/backup", None, &[]);
@@ -433,6 +444,19 @@ fn export_refs_lists_every_ref_and_import_refs_sets_them_only_if_every_object_ex
     let out = w.server.data_cli(&["export-refs"]);
     assert!(out.success(), "{}", out.describe());
     let exported = out.stdout.clone();
+    let served = w.server.cli_ok(&["export-refs", "--from-server"]);
+    assert_eq!(
+        served.stdout, exported,
+        "the server lists what the journals hold"
+    );
+    let one = w
+        .server
+        .cli_ok(&["export-refs", "--from-server", "--repo", "app"]);
+    assert_eq!(one.stdout, exported);
+    let missing = w
+        .server
+        .request("GET", "/api/v1/admin/refs?repo=nope", None, &[]);
+    assert_eq!(missing.status, 404, "{}", missing.describe());
     for line in [
         format!("app\tdefault\trefs/heads/main\t{second}"),
         "app\tdefault\tHEAD\tref: refs/heads/main".to_owned(),

@@ -175,7 +175,8 @@ fn a_crash_mid_migration_leaves_format_1_unchanged_and_the_next_start_migrates()
     let out = data_cli(&data, &home, &[], &["fsck"]);
     assert!(out.success(), "fsck of the crashed dir\n{}", out.describe());
     assert!(
-        out.stdout.contains(&format!("format 1: the server migrates it to {CURRENT}")),
+        out.stdout
+            .contains(&format!("format 1: the server migrates it to {CURRENT}")),
         "fsck notes the old format\n{}",
         out.describe()
     );

@@ -48,6 +48,22 @@ pub fn export_refs(data: &Path, repo: Option<&str>) -> Result<String> {
     Ok(codestorage_store::refs_text::export(data, repo)?)
 }
 
+/// `export-refs --from-server`: the refs as the running server lists them.
+pub async fn export_refs_from_server(client: &Client, repo: Option<&str>) -> Result<String> {
+    let path = match repo {
+        Some(r) => format!("/api/v1/admin/refs?repo={}", super::encode_name(r)),
+        None => "/api/v1/admin/refs".to_owned(),
+    };
+    let resp = client.get_raw(&path).await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await.context("reading the response")?;
+    if status != 200 {
+        let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        return Err(Client::fail(status, &value));
+    }
+    Ok(text)
+}
+
 /// `import-refs FILE` on the stopped data directory `data`.
 pub fn import_refs(
     data: &Path,

@@ -1,6 +1,7 @@
 //! Administration routes of the data directory's admin (`admin` scope of the local
 //! organisation): `GET /api/v1/admin/backup` streams a consistent backup (see
-//! [`crate::backup`]) while the server keeps serving.
+//! [`crate::backup`]) while the server keeps serving; `GET /api/v1/admin/refs[?repo=NAME]`
+//! lists every ref as text (`codestorage_store::refs_text`).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use http::{Response, StatusCode, header};
 
 use super::super::body::{Body, ChannelWriter};
 use super::super::error::ApiError;
+use super::Call;
 use crate::app::App;
 use crate::auth::{Identity, Scope};
 
@@ -52,5 +54,33 @@ pub(super) fn backup(app: &Arc<App>, id: &Identity) -> Result<Response<Body>, Ap
         .header(header::CONTENT_TYPE, "application/x-codestorage-backup")
         .header(header::CACHE_CONTROL, "no-store")
         .body(body)
+        .map_err(ApiError::internal)
+}
+
+/// `GET /api/v1/admin/refs[?repo=NAME]`: every ref, one tab-separated line each.
+pub(super) async fn refs(
+    app: &Arc<App>,
+    id: &Identity,
+    call: &Call,
+) -> Result<Response<Body>, ApiError> {
+    require_admin(id)?;
+    let only = call.query("repo").map(str::to_owned);
+    let app = app.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        codestorage_store::refs_text::export_store(&app.store, only.as_deref())
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| match e {
+        codestorage_store::StoreError::RepoNotFound(_) => {
+            ApiError::not_found("Repository doesn't exist")
+        }
+        e => ApiError::internal(e),
+    })?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(super::super::body::full(text))
         .map_err(ApiError::internal)
 }
