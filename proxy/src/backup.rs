@@ -223,6 +223,11 @@ fn other_files(data: &Path) -> Result<Vec<String>, BackupError> {
             if name.starts_with(".tmp-") || name.starts_with("tmp_") {
                 continue;
             }
+            if name.chars().any(char::is_control) {
+                // Not representable in the stream's header lines; nothing of ours is named so.
+                tracing::warn!(dir = %dir.display(), "skipping a file with a control character in its name");
+                continue;
+            }
             if rel.is_empty()
                 && (name == "index"
                     || name.starts_with("index.")
@@ -621,6 +626,15 @@ pub fn restore(from: &Path, data: &Path) -> Result<Manifest, BackupError> {
         }
         let repos = staging.join("repos");
         fs::create_dir_all(&repos).map_err(io_err("create", &repos))?;
+        #[cfg(unix)]
+        for dir in SECRET_DIRS {
+            use std::os::unix::fs::PermissionsExt as _;
+            let dir = staging.join(dir);
+            if dir.is_dir() {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                    .map_err(io_err("chmod", &dir))?;
+            }
+        }
         let format = staging.join("FORMAT");
         if !format.exists() {
             fs::write(&format, format!("{}\n", manifest.data_format))

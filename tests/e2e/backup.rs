@@ -224,6 +224,20 @@ fn a_backup_taken_under_load_restores_into_a_server_with_the_same_refs_credentia
     let mut restored = empty_server();
     let out = restored.data_cli(&["restore", "--from", backup.to_str().expect("utf-8")]);
     assert!(out.success(), "restore\n{}", out.describe());
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let keys = restored.data_dir().join("keys");
+        assert_eq!(mode(&keys), 0o700, "the restored keys dir is private");
+        assert_eq!(mode(&keys.join("signing.pem")), 0o600);
+        assert_eq!(mode(&keys.join("secrets.key")), 0o600);
+        assert_eq!(
+            mode(&backup.join("secrets")),
+            0o700,
+            "the backup's secrets/"
+        );
+        assert_eq!(mode(&backup.join("secrets/keys/signing.pem")), 0o600);
+    }
     restored.restart();
 
     for (name, refs) in &expected {
