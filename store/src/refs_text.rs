@@ -32,6 +32,8 @@ pub const MAX_IMPORT_BYTES: usize = 64 << 20;
 /// The refs of the data directory `root` (of repository `only`, if given), one line each,
 /// sorted by repository, namespace and ref.
 pub fn export(root: &Path, only: Option<&str>) -> Result<String> {
+    // A newer format's journals may hold entries this binary cannot read.
+    crate::format::check_readable(root)?;
     let repos_dir = root.join("repos");
     let mut repos: BTreeMap<String, RepoState> = BTreeMap::new();
     let entries = std::fs::read_dir(&repos_dir).map_err(StoreError::io("read", &repos_dir))?;

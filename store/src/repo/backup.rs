@@ -79,6 +79,7 @@ impl Repo {
         let record = self.record();
         let prefix = format!("repos/{}", record.id);
         let w = lock(&self.writer);
+        let locked = std::time::Instant::now();
         let journal_len = w.journal.len();
         let packs: Vec<String> = w
             .state
@@ -102,6 +103,12 @@ impl Repo {
             }
         }
         drop(w);
+        tracing::debug!(
+            repo = %record.name,
+            packs = packs.len(),
+            locked_us = locked.elapsed().as_micros() as u64,
+            "repository snapshot taken"
+        );
         Ok(RepoSnapshot {
             id: record.id,
             name: record.name,
