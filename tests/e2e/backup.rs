@@ -13,7 +13,10 @@ use serde_json::json;
 
 use crate::support::git::hermetic_env;
 use crate::support::server::binary;
-use crate::support::{COMMAND_TIMEOUT, Out, Server, World, run_command, scratch_dir, seed_repo};
+use crate::support::{
+    COMMAND_TIMEOUT, Out, SYNC_TIMEOUT, Server, World, run_command, scratch_dir, seed_repo,
+    wait_until,
+};
 
 /// `codestorage ARGS` with its own HOME under `root`, whatever the outcome.
 fn bin_cli(root: &Path, args: &[&str]) -> Out {
@@ -76,6 +79,11 @@ fn a_backup_taken_under_load_restores_into_a_server_with_the_same_refs_credentia
     let seed = seed_repo(&w.git, &w.upstream, "mirror");
     w.upstream.require_basic_auth(Some(("alice", "pw-backup")));
     w.server.create_mirror("mirror", &seed.url);
+    // Its first sync fails (no credential yet); wait for it, as a user would.
+    wait_until(SYNC_TIMEOUT, "the first sync run to finish", || {
+        let s = w.server.sync_state("mirror");
+        (s.run_count >= 1 && !s.in_progress).then_some(())
+    });
     let t = w.server.mint(&[
         "--repo",
         "mirror",
