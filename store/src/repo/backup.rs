@@ -119,7 +119,8 @@ impl Repo {
     }
 
     /// Catalog every verified pack in `objects/pack` that the journal does not name and that
-    /// is not an interrupted ingest (no `.keep`): one journal entry each, without ref changes,
+    /// is not an interrupted ingest (`.keep`) nor replaced by a compaction (`.replaced`): one
+    /// journal entry each, without ref changes,
     /// in the default namespace, not "closed" (no full-clone fast path until the refs say so).
     /// A pack that fails verification stops the adoption with an error naming it. Returns
     /// the adopted packs.
@@ -140,6 +141,8 @@ impl Repo {
             .filter_map(|f| f.strip_suffix(".pack").map(str::to_owned))
             .filter(|stem| stem.starts_with("pack-") && !cataloged.contains(stem))
             .filter(|stem| !pack_dir.join(format!("{stem}.keep")).exists())
+            // A pack a compaction replaced (its marker) is on its way out, never adopted.
+            .filter(|stem| !pack_dir.join(format!("{stem}.replaced")).exists())
             .collect();
         orphans.sort();
         let rid = self.record().id;
