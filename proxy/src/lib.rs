@@ -4,6 +4,7 @@
 //!
 //! - [`app`] — configuration and shared state.
 //! - [`auth`] — tokens, keys, scopes and ref policies.
+//! - [`backup`] — backup stream, backup directories and restore.
 //! - [`server`] — the accept loop and graceful shutdown.
 //! - [`http`] — routing, smart-HTTP endpoints, REST API, error mapping.
 //! - [`protocol`] — pkt-line framing and the upload-pack engine (v0/v1/v2), over bytes.
@@ -22,6 +23,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod expiry;

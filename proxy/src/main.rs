@@ -64,6 +64,36 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Back up the running server's data into a new directory (needs the admin scope).
+    Backup {
+        /// The new backup directory (absent or empty).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Rebuild a data directory (--data-dir, absent or empty) from a backup (server stopped).
+    Restore {
+        /// The backup directory (written by `codestorage backup`).
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Print every ref of the data directory as text: repo, namespace, ref, value (tab-separated).
+    ExportRefs {
+        /// Only this repository.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Ask the running server (--server, admin scope) instead of reading --data-dir.
+        #[arg(long)]
+        from_server: bool,
+    },
+    /// Set refs from an `export-refs` listing (server stopped); changes nothing if any line fails.
+    ImportRefs {
+        /// The listing.
+        file: PathBuf,
+        /// First catalog the packs in objects/pack that no journal entry names (after a
+        /// damaged journal was cut back or moved aside), so refs can point into them again.
+        #[arg(long)]
+        adopt_packs: bool,
+    },
     /// Verify the data directory (server stopped).
     Fsck {
         /// Rebuild the index from the files.
@@ -133,8 +163,66 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let explicit_data_dir = cli.data_dir.is_some();
     let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
     match cli.command {
+        Command::Backup { to } => {
+            let token = match cli.token {
+                Some(t) => Some(t),
+                None => codestorage::cli::keys::admin_token(&data_dir).ok(),
+            };
+            let client = codestorage::cli::Client::new(&cli.server, token)?;
+            let m = codestorage::cli::backup::backup(&client, &to).await?;
+            println!(
+                "backed up {} repositories, {} files, {} bytes into {}",
+                m.repos.len(),
+                m.files.len(),
+                m.files.iter().map(|f| f.size).sum::<u64>(),
+                to.display()
+            );
+        }
+        Command::Restore { from } => {
+            if !explicit_data_dir {
+                anyhow::bail!("restore needs --data-dir NEW (a new, empty data directory)");
+            }
+            let target = data_dir.clone();
+            let m = tokio::task::spawn_blocking(move || {
+                codestorage::cli::backup::restore(&from, &target)
+            })
+            .await??;
+            println!(
+                "restored {} repositories, {} files into {}; the index is rebuilt at the first start",
+                m.repos.len(),
+                m.files.len(),
+                data_dir.display()
+            );
+        }
+        Command::ExportRefs { repo, from_server } => {
+            let text = if from_server {
+                let token = match cli.token {
+                    Some(t) => Some(t),
+                    None => codestorage::cli::keys::admin_token(&data_dir).ok(),
+                };
+                let client = codestorage::cli::Client::new(&cli.server, token)?;
+                codestorage::cli::backup::export_refs_from_server(&client, repo.as_deref()).await?
+            } else {
+                tokio::task::spawn_blocking(move || {
+                    codestorage::cli::backup::export_refs(&data_dir, repo.as_deref())
+                })
+                .await??
+            };
+            print!("{text}");
+        }
+        Command::ImportRefs { file, adopt_packs } => {
+            let r = tokio::task::spawn_blocking(move || {
+                codestorage::cli::backup::import_refs(&data_dir, &file, adopt_packs)
+            })
+            .await??;
+            println!(
+                "imported {} refs in {} transactions",
+                r.refs, r.transactions
+            );
+        }
         Command::Serve(args) => {
             codestorage::cli::serve::run(&data_dir, *args, shutdown_signal()).await?;
         }

@@ -62,7 +62,7 @@ pub enum StoreError {
     RepoNotFound(String),
     /// The data directory was written by a newer version of codestorage.
     #[error(
-        "data directory format {found} is newer than this codestorage supports ({supported}); upgrade codestorage"
+        "data directory format {found} is newer than this codestorage reads (format {supported}): run a newer codestorage on it, or restore a backup taken with this version"
     )]
     FormatTooNew {
         /// Format found on disk.

@@ -47,6 +47,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "push-upstream-accepted",
         "the upstream accepted a forwarded push, local refs not yet moved",
     ),
+    (
+        "migrate-step-done",
+        "a format migration step's changes are durable, FORMAT not yet rewritten",
+    ),
 ];
 
 /// The name of the environment variable that arms a point.

@@ -46,10 +46,17 @@ pub fn run(root: &Path, rebuild: bool) -> Result<Report> {
             root.display()
         )));
     }
+    let format = crate::format::check_readable(root)?;
     if rebuild {
         rebuild_index(root)?;
     }
     let mut report = Report::default();
+    if let Some(found) = format.filter(|f| *f < crate::FORMAT && !rebuild) {
+        report.notes.push(format!(
+            "data directory format {found}: the server migrates it to {} at start",
+            crate::FORMAT
+        ));
+    }
     let repos_dir = root.join("repos");
     let entries = std::fs::read_dir(&repos_dir).map_err(StoreError::io("read", &repos_dir))?;
     let mut states = Vec::new();
@@ -164,7 +171,7 @@ fn check_repo(dir: &Path, report: &mut Report) -> Option<(String, RepoState)> {
     Some((record.id, state))
 }
 
-fn verify_pack(pack_dir: &Path, name: &str) -> std::result::Result<Pack, String> {
+pub(crate) fn verify_pack(pack_dir: &Path, name: &str) -> std::result::Result<Pack, String> {
     for ext in ["pack", "idx"] {
         let p = pack_dir.join(format!("{name}.{ext}"));
         if !p.is_file() {

@@ -5,7 +5,8 @@
 //! # Data directory layout
 //!
 //! ```text
-//! <data>/FORMAT                        format version of this directory (a decimal number)
+//! <data>/FORMAT                        format version of this directory (a decimal number;
+//!                                      see [`format`] for the versions and migrations)
 //! <data>/index/                        sled: the rebuildable index (records, refs, catalogs, soft state)
 //! <data>/repos/<id>/record.json        the repository record (atomically replaced), with the
 //!                                      sealed upstream credential
@@ -32,12 +33,15 @@
 //! - [`packout`] — pack generation by reusing stored entries.
 //! - [`graph`] — commit-graph layers.
 //! - [`fsck`] — verification of a data directory.
+//! - [`format`] — data directory format versions and in-place migrations.
+//! - [`refs_text`] — refs as plain text (`export-refs`, `import-refs`).
 //! - [`walk`] — revision walks (`rev-list --objects`) and want reachability.
 //! - [`fsutil`] — durable file operations.
 //! - [`fault`] — fault-injection points for crash tests (`CODESTORAGE_FAULT`).
 
 pub mod error;
 pub mod fault;
+pub mod format;
 pub mod fsck;
 pub mod fsutil;
 pub mod graph;
@@ -50,6 +54,7 @@ pub mod packout;
 pub mod packs;
 pub mod record;
 pub mod refs;
+pub mod refs_text;
 pub mod repo;
 pub mod state;
 pub mod walk;
@@ -68,8 +73,7 @@ pub use record::{CredentialRecord, RepoRecord, UpstreamRecord};
 pub use refs::{Expect, Namespace, RefError, RefTable, RefUpdate, RefValue};
 pub use repo::{Repo, Transaction, TxOutcome, View};
 
-/// The data directory format this binary writes and reads.
-pub const FORMAT: u32 = 1;
+pub use format::FORMAT;
 
 /// The whole store: every repository under one data directory. One process owns it at a time.
 pub struct Store {
@@ -82,31 +86,6 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("root", &self.root).finish()
-    }
-}
-
-/// Check (or, for a new directory, write) the format version.
-fn check_format(root: &Path) -> Result<()> {
-    let path = root.join("FORMAT");
-    match std::fs::read_to_string(&path) {
-        Ok(s) => {
-            let found: u32 = s
-                .trim()
-                .parse()
-                .map_err(|_| StoreError::Invalid(format!("{} is not a number", path.display())))?;
-            if found > FORMAT {
-                return Err(StoreError::FormatTooNew {
-                    found,
-                    supported: FORMAT,
-                });
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fsutil::atomic_write(&path, format!("{FORMAT}\n").as_bytes())
-                .map_err(StoreError::io("write", &path))
-        }
-        Err(e) => Err(StoreError::io("read", &path)(e)),
     }
 }
 
@@ -129,7 +108,7 @@ impl Store {
     /// sweep crash leftovers and replay journal tails the index has not seen.
     pub fn open(root: &Path) -> Result<Store> {
         fsutil::create_dir_all_durable(root).map_err(StoreError::io("create", root))?;
-        check_format(root)?;
+        format::prepare(root)?;
         let repos_dir = root.join("repos");
         fsutil::create_dir_all_durable(&repos_dir).map_err(StoreError::io("create", &repos_dir))?;
         let index = open_index(root)?;

@@ -28,7 +28,10 @@ use crate::record::RepoRecord;
 use crate::refs::{Expect, Namespace, RefError, RefTable, RefUpdate, RefValue, valid_ref_name};
 use crate::state::{Catalog, RepoState};
 
+mod backup;
 mod fork;
+
+pub use backup::{RepoSnapshot, SnapshotFile};
 
 /// An immutable snapshot of a repository's packs and refs.
 #[derive(Debug, Clone)]

@@ -36,6 +36,14 @@ mod bad_input;
 /// Killing the server mid-sync: the data dir stays consistent and the next sync recovers.
 mod crash;
 
+/// Backup and restore under load (`codestorage backup`/`restore`), refused damaged backups,
+/// non-empty targets and non-admin tokens; `export-refs`/`import-refs`.
+mod backup;
+
+/// Data directory format versions: a format-1 fixture migrated in place, a crash mid-migration,
+/// a newer format refused.
+mod format;
+
 /// Pushes: write-through to a mirror's upstream (hooks, options, races, hold-back of the pack
 /// trailer, upstream failures, read-your-writes, a 50 MB push) and pushes to local repos; bad
 /// input, hand-made.

@@ -1,6 +1,7 @@
 //! The command-line side: `codestorage serve` setup and the client of `codestorage repo …`,
 //! which talks to a running server's REST API.
 
+pub mod backup;
 pub mod keys;
 pub mod serve;
 
@@ -57,6 +58,21 @@ impl Client {
         let text = resp.text().await.context("reading the response")?;
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((status, value))
+    }
+
+    /// `GET path` with the token, the response as it comes (a streamed body).
+    pub async fn get_raw(&self, path: &str) -> Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.get(&url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.with_context(|| {
+            format!(
+                "no codestorage server reachable at {} (is `codestorage serve` running?)",
+                self.base
+            )
+        })
     }
 
     fn fail(status: u16, value: &Value) -> anyhow::Error {

@@ -8,7 +8,10 @@
 //! - `branches`: list, get, create / promote, delete (default and ephemeral namespaces).
 //! - `credentials`: the upstream credential: create, rotate, delete.
 //! - `webhooks`: organisation-wide webhook subscriptions and their delivery logs.
+//! - `admin`: `GET /api/v1/admin/backup` (admin scope), a consistent backup stream;
+//!   `GET /api/v1/admin/refs`, every ref as text.
 
+mod admin;
 mod branches;
 mod credentials;
 mod fork;
@@ -246,6 +249,24 @@ async fn route(
         .filter(|rest| rest.is_empty() || rest.starts_with('/'))
     {
         return webhooks::route(app, id, method, rest, call).await;
+    }
+    if path == "/api/v1/admin/refs" {
+        return match *method {
+            Method::GET => admin::refs(app, id, call).await,
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+            )),
+        };
+    }
+    if path == "/api/v1/admin/backup" {
+        return match *method {
+            Method::GET => admin::backup(app, id),
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+            )),
+        };
     }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         return legacy(app, id, method, rest, call).await;
