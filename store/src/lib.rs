@@ -27,7 +27,8 @@
 //! - [`record`] — repository records.
 //! - [`packs`] — open packs and object lookup.
 //! - [`ingest`] — quarantines for received packs and their connectivity check.
-//! - [`repo`] — one repository, its snapshots and its transactions.
+//! - [`repo`] — one repository, its snapshots and its transactions; [`repo::compact`] merges
+//!   and prunes its packs.
 //! - [`objects`] — parsers for commit, tag and tree objects.
 //! - [`packout`] — pack generation by reusing stored entries.
 //! - [`graph`] — commit-graph layers.
@@ -66,6 +67,7 @@ pub use name::RepoName;
 pub use packs::{ObjectReader, Pack, PackSet};
 pub use record::{CredentialRecord, RepoRecord, UpstreamRecord};
 pub use refs::{Expect, Namespace, RefError, RefTable, RefUpdate, RefValue};
+pub use repo::compact::{CompactOptions, CompactStats};
 pub use repo::{Repo, Transaction, TxOutcome, View};
 
 /// The data directory format this binary writes and reads.

@@ -52,6 +52,35 @@ impl Catalog {
 
     /// Apply the catalog part of `tx`, which ends at journal offset `end`.
     pub fn apply(&mut self, tx: &TxRecord, end: u64) {
+        if let Some(c) = &tx.compact {
+            // The new packs take the place of the first pack they replace.
+            let at = self
+                .packs
+                .iter()
+                .position(|p| c.remove.contains(&p.name))
+                .unwrap_or(self.packs.len());
+            let before = self.packs[..at]
+                .iter()
+                .filter(|p| !c.remove.contains(&p.name))
+                .count();
+            self.packs.retain(|p| !c.remove.contains(&p.name));
+            let fresh = c
+                .add
+                .iter()
+                .filter(|(name, _)| !self.packs.iter().any(|p| &p.name == name))
+                .map(|(name, namespaces)| PackEntry {
+                    name: name.clone(),
+                    namespaces: namespaces.clone(),
+                })
+                .collect::<Vec<_>>();
+            self.packs.splice(before..before, fresh);
+            for (ns, closed) in &c.closed {
+                self.closed.insert(*ns, *closed);
+            }
+            self.journal_pos = end;
+            self.journal_seq = tx.seq;
+            return;
+        }
         if let Some(pack) = &tx.pack {
             match self.packs.iter_mut().find(|p| &p.name == pack) {
                 Some(entry) => {

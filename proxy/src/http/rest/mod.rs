@@ -8,10 +8,12 @@
 //! - `branches`: list, get, create / promote, delete (default and ephemeral namespaces).
 //! - `credentials`: the upstream credential: create, rotate, delete.
 //! - `webhooks`: organisation-wide webhook subscriptions and their delivery logs.
+//! - `maintain`: `POST /api/admin/maintain`, compaction on demand (admin only).
 
 mod branches;
 mod credentials;
 mod fork;
+mod maintain;
 mod repos;
 mod webhooks;
 
@@ -246,6 +248,9 @@ async fn route(
         .filter(|rest| rest.is_empty() || rest.starts_with('/'))
     {
         return webhooks::route(app, id, method, rest, call).await;
+    }
+    if maintain::is_route(path) {
+        return maintain::handle(app, id, method, call).await;
     }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         return legacy(app, id, method, rest, call).await;
