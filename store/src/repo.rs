@@ -403,8 +403,7 @@ impl Repo {
         let view = self.view();
         if let Some(q) = tx.quarantine.as_mut()
             && let Some(v) = q.verified()
-            && v
-                .against
+            && v.against
                 .iter()
                 .any(|name| !w.state.catalog.packs.iter().any(|p| &p.name == name))
         {

@@ -101,3 +101,7 @@ mod limits;
 /// Operability: `/metrics` (requests, bytes, packs, syncs, pushes), `/healthz`, `/readyz`,
 /// `--metrics-listen`, JSON logs, sync progress, graceful shutdown on SIGTERM and its deadline.
 mod ops;
+
+/// Maintenance: `codestorage maintain` and `POST /api/admin/maintain` — compaction, pruning
+/// after the grace period, forks, geometric rollup, concurrency and crash safety.
+mod maintain;

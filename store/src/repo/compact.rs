@@ -270,7 +270,11 @@ impl Repo {
         Ok(stats)
     }
 
-    fn compact_locked(&self, opts: &CompactOptions, interrupt: &AtomicBool) -> Result<CompactStats> {
+    fn compact_locked(
+        &self,
+        opts: &CompactOptions,
+        interrupt: &AtomicBool,
+    ) -> Result<CompactStats> {
         let view = self.view();
         let all = view.packs.packs();
         let mut stats = CompactStats {
@@ -332,11 +336,26 @@ impl Repo {
             let mut reached: Vec<(Namespace, HashSet<ObjectId>, bool)> = Vec::new();
             let mut ref_tips = Vec::new();
             for ns in Namespace::ALL {
-                let recent = self.recent_tips(ns, recent_grace);
-                let wants = tips(&view, ns, &recent);
+                let wants = tips(&view, ns, &[]);
                 ref_tips.extend(wants.iter().copied());
                 let set = reach(&view, wants, Vec::new(), interrupt)?;
-                reached.push((ns, set, recent.is_empty()));
+                reached.push((ns, set, true));
+            }
+            let mut reader = view.reader();
+            let ref_commits = commits_among(&mut reader, &ref_tips)?;
+            for (ns, set, exact) in &mut reached {
+                // Values refs held a moment ago stay fetchable: keep what they reach (for that
+                // namespace), though it makes the namespace more than its refs' closure.
+                let recent: Vec<ObjectId> = self
+                    .recent_tips(*ns, recent_grace)
+                    .into_iter()
+                    .filter(|id| !set.contains(id))
+                    .collect();
+                if !recent.is_empty() {
+                    *exact = false;
+                    let more = reach(&view, recent, ref_commits.clone(), interrupt)?;
+                    set.extend(more);
+                }
             }
             for (ns, set, _) in &reached {
                 for id in set {
@@ -351,12 +370,10 @@ impl Repo {
                 .filter(|id| !group_of.contains_key(id))
                 .collect();
             if !unreached.is_empty() {
-                let mut reader = view.reader();
-                let haves = commits_among(&mut reader, &ref_tips)?;
                 let mut wants = unreached;
                 wants.sort_unstable();
                 wants.dedup();
-                for id in reach(&view, wants, haves, interrupt)? {
+                for id in reach(&view, wants, ref_commits.clone(), interrupt)? {
                     if let Some(mask) = served.get(&id)
                         && !group_of.contains_key(&id)
                     {
@@ -366,12 +383,14 @@ impl Repo {
             }
             // A namespace is closed when it holds exactly what its refs reach: every merged
             // pack is replaced, so its objects are the group members that name it.
-            for (ns, set, no_recent) in &reached {
+            for (ns, set, exact) in &reached {
                 let bit = ns_bit(*ns);
                 let holds = group_of.values().filter(|m| *m & bit != 0).count();
-                let exact = *no_recent
+                let exact = *exact
                     && holds == set.len()
-                    && set.iter().all(|id| group_of.get(id).is_some_and(|m| m & bit != 0));
+                    && set
+                        .iter()
+                        .all(|id| group_of.get(id).is_some_and(|m| m & bit != 0));
                 closed.push((*ns, exact));
             }
         } else {
@@ -397,14 +416,19 @@ impl Repo {
                     .iter()
                     .all(|ns| view.packs.serves(merged[0], *ns))
             })
-            && closed.iter().all(|(ns, c)| view.catalog.is_closed(*ns) == *c);
+            && closed
+                .iter()
+                .all(|(ns, c)| view.catalog.is_closed(*ns) == *c);
         if unchanged {
             stats.skipped = Some("already compact".into());
             return Ok(stats);
         }
 
         // Write one pack per group.
-        let work = self.dir.join("tmp").join(format!("c-{:016x}", rand::random::<u64>()));
+        let work = self
+            .dir
+            .join("tmp")
+            .join(format!("c-{:016x}", rand::random::<u64>()));
         fsutil::create_dir_all_durable(&work).map_err(StoreError::io("create", &work))?;
         let _work = WorkDir(Some(work.clone()));
         let source = Arc::new(PackSet::new(
@@ -506,9 +530,7 @@ impl Repo {
                 pack.num_objects()
             )));
         }
-        stats.bytes_written += std::fs::metadata(&data_path)
-            .map(|m| m.len())
-            .unwrap_or(0);
+        stats.bytes_written += std::fs::metadata(&data_path).map(|m| m.len()).unwrap_or(0);
         Ok(Written {
             dir,
             pack,
@@ -539,7 +561,10 @@ impl Repo {
             .iter()
             .any(|name| !w.state.catalog.packs.iter().any(|p| &p.name == name))
         {
-            return conflict(stats, "the pack catalog changed under the compaction".into());
+            return conflict(
+                stats,
+                "the pack catalog changed under the compaction".into(),
+            );
         }
         // The pack set after the swap.
         let mut next: Vec<(Arc<Pack>, Vec<Namespace>)> = Vec::new();

@@ -40,12 +40,7 @@ pub(super) async fn handle(
             "method not allowed",
         ));
     }
-    let admin = id.local_org
-        && id
-            .claims
-            .scopes
-            .iter()
-            .any(|s| s == Scope::Admin.as_str());
+    let admin = id.local_org && id.claims.scopes.iter().any(|s| s == Scope::Admin.as_str());
     if !admin {
         return Err(ApiError::forbidden(
             "maintenance needs an admin token of this server's organisation",
