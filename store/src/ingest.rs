@@ -128,9 +128,9 @@ pub struct Verified {
     pub stops_in_ns: bool,
     /// The commits the pack adds to the store, parsed (for the commit graph).
     pub commits: Vec<GraphCommit>,
-    /// The store's packs the verification ran against (if a compaction replaces any of them
-    /// before the commit, the commit verifies again).
-    pub against: Vec<String>,
+    /// The [`PackSet::generation`] the verification ran against (if a compaction replaced
+    /// packs since, the commit verifies again).
+    pub generation: u64,
 }
 
 /// A received, indexed pack that is not yet part of the store.
@@ -265,7 +265,7 @@ impl Quarantine {
         tips: &[ObjectId],
     ) -> Result<&Verified> {
         let pack = self.pack.clone();
-        let against = store.packs().iter().map(|p| p.name().to_owned()).collect();
+        let generation = store.generation();
         let mut walk = ClosureWalk {
             reader: ObjectReader::with_extra(store.clone(), pack.clone())
                 .with_cache_bytes(VERIFY_CACHE_BYTES),
@@ -300,7 +300,7 @@ impl Quarantine {
             pack_reachable,
             stops_in_ns: walk.stops_in_ns,
             commits: walk.commits,
-            against,
+            generation,
         });
         self.verified.as_ref().ok_or(StoreError::Interrupted)
     }

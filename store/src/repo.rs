@@ -403,9 +403,7 @@ impl Repo {
         let view = self.view();
         if let Some(q) = tx.quarantine.as_mut()
             && let Some(v) = q.verified()
-            && v.against
-                .iter()
-                .any(|name| !w.state.catalog.packs.iter().any(|p| &p.name == name))
+            && v.generation != view.packs.generation()
         {
             // A compaction replaced (and may have pruned) packs the verification stopped at.
             let (ns, tips): (Namespace, Vec<ObjectId>) = (v.ns, v.tips.iter().copied().collect());

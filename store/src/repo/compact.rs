@@ -266,6 +266,8 @@ impl Repo {
         let started = Instant::now();
         let _one = lock(&self.maintenance);
         let mut stats = self.compact_locked(opts, interrupt)?;
+        // The commit graph is rebuilt for the new packs before the caller hears "done".
+        self.wait_graph();
         stats.millis = started.elapsed().as_millis() as u64;
         Ok(stats)
     }
@@ -701,7 +703,8 @@ impl Repo {
             };
             reopened.push((pack, nss));
         }
-        let packs = Arc::new(PackSet::new(reopened));
+        let packs =
+            Arc::new(PackSet::new(reopened).with_generation(current.packs.generation() + 1));
         self.publish(View::new(
             packs.clone(),
             current.refs.clone(),

@@ -307,16 +307,22 @@ fn measure(ctx: &Ctx, small: &Path, upstream: &Path, args: &CompactionArgs) -> R
     let every = (total / args.force_pushes.max(1)).max(1);
     let (mut syncs, mut forces) = (0, 0);
     for step in 0..total {
-        let force = forces < args.force_pushes
-            && (syncs >= args.syncs || (step + 1).is_multiple_of(every));
+        let force =
+            forces < args.force_pushes && (syncs >= args.syncs || (step + 1).is_multiple_of(every));
         let n = step as u64;
         std::fs::write(local.join("bench-counter.txt"), format!("step {n}\n"))?;
         std::fs::write(local.join("bench-blob.bin"), pseudo_random(2048, n + 1))?;
-        run(ctx.git(Some(&local)).args(["add", "bench-counter.txt", "bench-blob.bin"]))?;
+        run(ctx
+            .git(Some(&local))
+            .args(["add", "bench-counter.txt", "bench-blob.bin"]))?;
         if force {
-            run(ctx
-                .git(Some(&local))
-                .args(["commit", "-q", "--amend", "-m", &format!("amended {n}")]))?;
+            run(ctx.git(Some(&local)).args([
+                "commit",
+                "-q",
+                "--amend",
+                "-m",
+                &format!("amended {n}"),
+            ]))?;
             run(ctx
                 .git(Some(&local))
                 .args(["push", "-q", "--force", "origin", "HEAD"]))?;
@@ -381,10 +387,25 @@ fn measure(ctx: &Ctx, small: &Path, upstream: &Path, args: &CompactionArgs) -> R
         "", "packs", "store MiB", "clone s", "server CPU ms"
     );
     for (label, packs, bytes, (wall, cpu)) in [
-        ("codestorage before compaction", before_packs, before_bytes, before),
-        ("codestorage after maintain --full", after_packs, after_bytes, after),
+        (
+            "codestorage before compaction",
+            before_packs,
+            before_bytes,
+            before,
+        ),
+        (
+            "codestorage after maintain --full",
+            after_packs,
+            after_bytes,
+            after,
+        ),
         ("codestorage fresh mirror", fresh_packs, fresh_bytes, fresh),
-        ("git http-backend after repack -ad", git_packs, git_bytes, git),
+        (
+            "git http-backend after repack -ad",
+            git_packs,
+            git_bytes,
+            git,
+        ),
     ] {
         println!(
             "{label:<34} {packs:>7} {:>10.2} {wall:>10.3} {cpu:>12.0}",
