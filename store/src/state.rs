@@ -129,3 +129,49 @@ impl RepoState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::CompactRecord;
+
+    fn tx(seq: u64, pack: Option<&str>, compact: Option<CompactRecord>) -> TxRecord {
+        TxRecord {
+            seq,
+            time: seq,
+            who: "test".into(),
+            ns: Namespace::Default,
+            pack: pack.map(str::to_owned),
+            closed: true,
+            updates: Vec::new(),
+            compact,
+        }
+    }
+
+    #[test]
+    fn a_compaction_replaces_its_packs_in_place_and_sets_every_closed_flag() {
+        let mut c = Catalog::default();
+        for (i, p) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            c.apply(&tx(i as u64 + 1, Some(p), None), 10 * (i as u64 + 1));
+        }
+        let compact = CompactRecord {
+            add: vec![
+                ("x".into(), vec![Namespace::Default]),
+                ("y".into(), vec![Namespace::Ephemeral]),
+            ],
+            remove: vec!["b".into(), "d".into()],
+            closed: vec![(Namespace::Default, true), (Namespace::Ephemeral, false)],
+        };
+        c.apply(&tx(5, None, Some(compact.clone())), 50);
+        let names: Vec<&str> = c.packs.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "x", "y", "c"]);
+        assert_eq!(c.packs[2].namespaces, [Namespace::Ephemeral]);
+        assert!(c.is_closed(Namespace::Default));
+        assert!(!c.is_closed(Namespace::Ephemeral));
+        assert_eq!((c.journal_pos, c.journal_seq), (50, 5));
+        // Replaying the same line (a journal read twice) changes nothing more.
+        let before = c.clone();
+        c.apply(&tx(5, None, Some(compact)), 50);
+        assert_eq!(c, before);
+    }
+}

@@ -501,3 +501,32 @@ fn leftover_tmp(pack_dir: &Path) -> Vec<PathBuf> {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
 }
+
+#[test]
+fn the_background_task_compacts_on_its_interval() {
+    let (w, seed) = World::seeded_mirror_with(
+        "team/bg",
+        Server::builder().arg("--maintain-interval").arg("1s"),
+    );
+    grow_by_syncs(&w, &seed, 5);
+    crate::support::wait_until(Duration::from_secs(60), "a background compaction", || {
+        (packs(&w.server, "team/bg").len() == 1).then_some(())
+    });
+    verify_packs(&w, "team/bg");
+    assert_maps_eq(
+        &served(&w, "team/bg"),
+        &w.git.served_refs(&seed.bare),
+        "ours vs upstream",
+    );
+    // Geometric, or full where a namespace was no longer its refs' exact closure.
+    let done = ["full", "geometric"]
+        .iter()
+        .map(|mode| {
+            metric(
+                &w.server,
+                &format!(r#"codestorage_compactions_total{{mode="{mode}",outcome="done"}}"#),
+            )
+        })
+        .sum::<f64>();
+    assert!(done >= 1.0, "{}", w.server.logs());
+}
