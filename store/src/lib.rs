@@ -250,6 +250,8 @@ impl Store {
         org: Option<String>,
         refs: Vec<(String, RefValue)>,
     ) -> Result<Arc<Repo>> {
+        // The source's pack files must outlive the linking: no compaction replaces them meanwhile.
+        let _hold = source.hold_compaction();
         let view = source.view();
         self.create_with(name, default_branch, None, org, |repo| {
             repo.adopt(&view, source.dir(), refs, "fork")

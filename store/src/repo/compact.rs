@@ -260,6 +260,11 @@ fn commits_among(reader: &mut ObjectReader, ids: &[ObjectId]) -> Result<Vec<Obje
 }
 
 impl Repo {
+    /// Hold off compactions of this repository (a fork linking its pack files) while alive.
+    pub(crate) fn hold_compaction(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.maintenance)
+    }
+
     /// Compact this repository's packs (see the module docs). One compaction per repository
     /// runs at a time; readers and writers are never blocked except for the swap itself.
     pub fn compact(&self, opts: &CompactOptions, interrupt: &AtomicBool) -> Result<CompactStats> {
