@@ -534,3 +534,34 @@ fn the_background_task_compacts_on_its_interval() {
         "ours vs upstream",
     );
 }
+
+#[test]
+fn objects_of_expired_ephemeral_refs_are_pruned() {
+    let (w, _seed) = World::seeded_mirror_with(
+        "team/ttl",
+        Server::builder()
+            .arg("--prune-grace")
+            .arg("0s")
+            .arg("--ephemeral-ttl")
+            .arg("2s"),
+    );
+    let eph = w.git.unique_path("eph");
+    let url = w.server.git_url("team/ttl+ephemeral");
+    w.git.clone(&url, &eph, &["-q"]);
+    std::fs::write(eph.join("expiring.bin"), pseudo_random_bytes(2048, 5)).expect("write");
+    w.git.run(&eph, &["checkout", "-q", "-b", "expiring"]);
+    w.git.run(&eph, &["add", "expiring.bin"]);
+    w.git.run(&eph, &["commit", "-q", "-m", "expiring"]);
+    let blob = w.git.rev_parse(&eph, "HEAD:expiring.bin");
+    w.git.push(&eph, &["-q", "origin", "expiring"]);
+    assert!(stored_objects(&w, "team/ttl").contains(&blob));
+    crate::support::wait_until(Duration::from_secs(30), "the ref to expire", || {
+        (!w.git.ls_remote(&url).contains("refs/heads/expiring")).then_some(())
+    });
+    maintain(&w.server, &["--full", "--repo", "team/ttl"]);
+    assert!(
+        !stored_objects(&w, "team/ttl").contains(&blob),
+        "the expired branch's blob is pruned"
+    );
+    served(&w, "team/ttl");
+}
