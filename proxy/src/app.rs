@@ -60,6 +60,8 @@ pub struct Config {
     pub limits: crate::limits::ServerLimits,
     /// Syncs running at once (more wait).
     pub max_concurrent_syncs: usize,
+    /// Compaction and pruning of stored packs.
+    pub maintain: crate::maintain::Settings,
 }
 
 /// Default of `--stale-warning-after`, in seconds.
@@ -89,6 +91,7 @@ impl Config {
             stale_warning_after: Some(Duration::from_secs(DEFAULT_STALE_WARNING_SECS)),
             limits: Default::default(),
             max_concurrent_syncs: 4,
+            maintain: Default::default(),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! - [`cli`] — the client side of the `repo` subcommands.
 //! - [`config`] — the config file and its merge with the command line.
 //! - [`expiry`] — expiry of ephemeral refs.
+//! - [`maintain`] — compaction and pruning of stored packs (on demand and in the background).
 //! - [`time`] — timestamps.
 //! - [`upstream`] — the HTTP client for upstreams' smart-HTTP endpoints (forwarded pushes),
 //!   upstream credentials, GitHub modes and App installation tokens.
@@ -30,6 +31,7 @@ pub mod expiry;
 pub mod http;
 pub mod limits;
 pub mod logging;
+pub mod maintain;
 pub mod metrics;
 pub mod protocol;
 pub mod secrets;

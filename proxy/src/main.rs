@@ -94,6 +94,17 @@ enum Command {
         #[arg(long)]
         adopt_packs: bool,
     },
+    /// Compact (and with --full, prune) stored packs on the running server now; returns once
+    /// done and the replaced packs are deleted.
+    Maintain {
+        /// Only this repository [default: all].
+        #[arg(long)]
+        repo: Option<String>,
+        /// Roll each repository into one pack per namespace group and drop unreachable objects
+        /// older than the server's --prune-grace (else: geometric merge of the small packs).
+        #[arg(long)]
+        full: bool,
+    },
     /// Verify the data directory (server stopped).
     Fsck {
         /// Rebuild the index from the files.
@@ -268,6 +279,15 @@ async fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+        }
+        Command::Maintain { repo, full } => {
+            let token = match cli.token {
+                Some(t) => Some(t),
+                None => codestorage::cli::keys::admin_token(&data_dir).ok(),
+            };
+            let client = codestorage::cli::Client::new(&cli.server, token)?;
+            let v = client.maintain(repo.as_deref(), full).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Command::Fsck { rebuild } => {
             let report = tokio::task::spawn_blocking(move || {

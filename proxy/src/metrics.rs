@@ -89,6 +89,11 @@ pub struct Metrics {
     sync: Mutex<HashMap<String, SyncCounts>>,
     pushes: Mutex<BTreeMap<PushOutcome, u64>>,
     shutting_down: AtomicBool,
+    /// Compactions: (mode, outcome) → runs; and totals of what they did.
+    compactions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    compaction_seconds: Mutex<Histogram>,
+    compaction_pruned: AtomicU64,
+    compaction_bytes_freed: AtomicU64,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -226,6 +231,27 @@ impl Metrics {
         *lock(&self.pushes).entry(outcome).or_default() += 1;
     }
 
+    /// One compaction ended (`None`: it failed).
+    pub fn compaction_finished(&self, full: bool, stats: Option<&codestorage_store::CompactStats>) {
+        let mode = if full { "full" } else { "geometric" };
+        let outcome = match stats {
+            None => "failed",
+            Some(s) if s.retry => "retry",
+            Some(s) if s.skipped.is_some() => "skipped",
+            Some(_) => "done",
+        };
+        *lock(&self.compactions).entry((mode, outcome)).or_default() += 1;
+        if let Some(s) = stats.filter(|s| s.skipped.is_none()) {
+            lock(&self.compaction_seconds).observe(s.millis as f64 / 1000.0);
+            self.compaction_pruned
+                .fetch_add(s.objects_pruned, Ordering::Relaxed);
+            self.compaction_bytes_freed.fetch_add(
+                s.bytes_merged.saturating_sub(s.bytes_written),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// The server is shutting down: `/readyz` answers 503 from now on.
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
@@ -322,6 +348,7 @@ impl Metrics {
             self.pack_bytes.load(Ordering::Relaxed)
         );
         self.render_sync(w, app);
+        self.render_compactions(w);
         header(
             w,
             "codestorage_push_forwards_total",
@@ -367,6 +394,65 @@ impl Metrics {
             u8::from(self.shutting_down())
         );
         out
+    }
+
+    fn render_compactions(&self, w: &mut String) {
+        header(
+            w,
+            "codestorage_compactions_total",
+            "counter",
+            "Pack compactions, by mode (full, geometric) and outcome (done, skipped, retry, failed).",
+        );
+        for ((mode, outcome), n) in lock(&self.compactions).iter() {
+            let _ = writeln!(
+                w,
+                "codestorage_compactions_total{{mode=\"{mode}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        header(
+            w,
+            "codestorage_compaction_seconds",
+            "histogram",
+            "Wall time of one compaction that did something.",
+        );
+        {
+            let h = lock(&self.compaction_seconds);
+            for (bound, n) in PACK_BUCKETS.iter().zip(h.buckets.iter()) {
+                let _ = writeln!(
+                    w,
+                    "codestorage_compaction_seconds_bucket{{le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                w,
+                "codestorage_compaction_seconds_bucket{{le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(w, "codestorage_compaction_seconds_sum {}", h.sum);
+            let _ = writeln!(w, "codestorage_compaction_seconds_count {}", h.count);
+        }
+        header(
+            w,
+            "codestorage_compaction_pruned_objects_total",
+            "counter",
+            "Unreachable objects dropped by compactions.",
+        );
+        let _ = writeln!(
+            w,
+            "codestorage_compaction_pruned_objects_total {}",
+            self.compaction_pruned.load(Ordering::Relaxed)
+        );
+        header(
+            w,
+            "codestorage_compaction_bytes_freed_total",
+            "counter",
+            "Pack bytes compactions freed (merged minus written).",
+        );
+        let _ = writeln!(
+            w,
+            "codestorage_compaction_bytes_freed_total {}",
+            self.compaction_bytes_freed.load(Ordering::Relaxed)
+        );
     }
 
     fn render_sync(&self, w: &mut String, app: &App) {

@@ -38,6 +38,9 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(app.sync.clone().schedule(stop_rx.clone()));
     let webhooks = tokio::spawn(app.webhooks.clone().run(stop_rx.clone()));
+    if let Some(interval) = app.config.maintain.interval {
+        tokio::spawn(crate::maintain::run(app.clone(), interval, stop_rx.clone()));
+    }
     if let Some(ttl) = app.config.ephemeral_ttl {
         tokio::spawn(crate::expiry::run(app.clone(), ttl, stop_rx));
     }

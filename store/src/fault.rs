@@ -36,6 +36,18 @@ pub const POINTS: &[(&str, &str)] = &[
         "a commit-graph layer file is written, the chain file does not name it yet",
     ),
     (
+        "compact-pack-written",
+        "a compaction wrote and indexed its new packs in tmp/, not yet moved into objects/pack",
+    ),
+    (
+        "compact-packs-promoted",
+        "a compaction's packs are in objects/pack (with .keep), the replaced ones marked, not yet journaled",
+    ),
+    (
+        "compact-journaled",
+        "a compaction is in the fsynced journal, the replaced packs not yet deleted",
+    ),
+    (
         "sync-mid-fetch",
         "a sync has received over 32 KiB of the upstream's pack into its quarantine",
     ),

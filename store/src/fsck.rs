@@ -239,13 +239,17 @@ fn check_leftovers(
                     report.notes.push(format!(
                         "{name}: {file} is left from an interrupted ingest (removed at start)"
                     ));
+                } else if files.contains(&format!("{stem}.replaced")) {
+                    report.notes.push(format!(
+                        "{name}: {file} was replaced by a compaction (removed at start)"
+                    ));
                 } else {
                     report
                         .problems
                         .push(format!("{name}: {file} is not in the pack catalog"));
                 }
             }
-            "keep" => report
+            "keep" | "replaced" => report
                 .notes
                 .push(format!("{name}: stale {file} (removed at start)")),
             _ if file.starts_with("tmp_") || file.starts_with(".tmp-") => report

@@ -128,6 +128,9 @@ pub struct Verified {
     pub stops_in_ns: bool,
     /// The commits the pack adds to the store, parsed (for the commit graph).
     pub commits: Vec<GraphCommit>,
+    /// The [`PackSet::generation`] the verification ran against (if a compaction replaced
+    /// packs since, the commit verifies again).
+    pub generation: u64,
 }
 
 /// A received, indexed pack that is not yet part of the store.
@@ -262,6 +265,7 @@ impl Quarantine {
         tips: &[ObjectId],
     ) -> Result<&Verified> {
         let pack = self.pack.clone();
+        let generation = store.generation();
         let mut walk = ClosureWalk {
             reader: ObjectReader::with_extra(store.clone(), pack.clone())
                 .with_cache_bytes(VERIFY_CACHE_BYTES),
@@ -296,6 +300,7 @@ impl Quarantine {
             pack_reachable,
             stops_in_ns: walk.stops_in_ns,
             commits: walk.commits,
+            generation,
         });
         self.verified.as_ref().ok_or(StoreError::Interrupted)
     }

@@ -3,7 +3,9 @@
 //! An append-only file of transactions, one line each: `<crc32 hex> <json>\n`. A transaction
 //! names its namespace, the pack it introduced (if any), whether the namespace's packs are still
 //! exactly the closure of its refs afterwards (`closed`), and its ref changes (old and new
-//! values). A line is appended and fsynced before the change is visible to anyone, so a ref
+//! values). A compaction writes a line of its own (`compact`: the packs it added, with the
+//! namespaces each serves, the packs they replace, and every namespace's `closed` flag after
+//! it); lines without that field read as before. A line is appended and fsynced before the change is visible to anyone, so a ref
 //! update is acknowledged only once it is on disk. A torn last line (a crash mid-append) is
 //! detected by its missing newline or bad checksum and cut off on open; damage anywhere else is
 //! corruption and reported.
@@ -34,6 +36,26 @@ pub struct TxRecord {
     pub closed: bool,
     /// The changes: ref name, old value, new value (`None` = absent).
     pub updates: Vec<(String, Option<RefValue>, Option<RefValue>)>,
+    /// For a compaction: the packs it swapped in and out (no ref changes then).
+    pub compact: Option<CompactRecord>,
+}
+
+/// The catalog change of a compaction: `add` replaces `remove`, in one step.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CompactRecord {
+    /// The new packs, by file stem, with the namespaces each serves.
+    pub add: Vec<(String, Vec<Namespace>)>,
+    /// The packs they replace (deleted once this line is durable).
+    pub remove: Vec<String>,
+    /// Every namespace's `closed` flag afterwards.
+    pub closed: Vec<(Namespace, bool)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CompactLine {
+    add: Vec<(String, Vec<String>)>,
+    remove: Vec<String>,
+    closed: Vec<(String, bool)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -46,6 +68,8 @@ struct Line {
     pack: Option<String>,
     closed: bool,
     updates: Vec<(String, String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    compact: Option<CompactLine>,
 }
 
 /// Why the journal could not be read or written.
@@ -98,6 +122,24 @@ impl TxRecord {
                 .iter()
                 .map(|(n, o, v)| (n.clone(), encode_value(o), encode_value(v)))
                 .collect(),
+            compact: self.compact.as_ref().map(|c| CompactLine {
+                add: c
+                    .add
+                    .iter()
+                    .map(|(name, nss)| {
+                        (
+                            name.clone(),
+                            nss.iter().map(|ns| ns.as_str().to_owned()).collect(),
+                        )
+                    })
+                    .collect(),
+                remove: c.remove.clone(),
+                closed: c
+                    .closed
+                    .iter()
+                    .map(|(ns, closed)| (ns.as_str().to_owned(), *closed))
+                    .collect(),
+            }),
         };
         // Serializing plain strings and numbers cannot fail.
         let json = serde_json::to_string(&line).unwrap_or_default();
@@ -117,6 +159,30 @@ impl TxRecord {
         for (name, old, new) in line.updates {
             updates.push((name, decode_value(&old)?, decode_value(&new)?));
         }
+        let parse_ns =
+            |s: &str| Namespace::parse(s).ok_or_else(|| format!("unknown namespace {s}"));
+        let compact = match line.compact {
+            None => None,
+            Some(c) => {
+                let mut add = Vec::with_capacity(c.add.len());
+                for (name, nss) in c.add {
+                    let nss = nss
+                        .iter()
+                        .map(|s| parse_ns(s))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    add.push((name, nss));
+                }
+                let mut closed = Vec::with_capacity(c.closed.len());
+                for (ns, flag) in c.closed {
+                    closed.push((parse_ns(&ns)?, flag));
+                }
+                Some(CompactRecord {
+                    add,
+                    remove: c.remove,
+                    closed,
+                })
+            }
+        };
         Ok(TxRecord {
             seq: line.seq,
             time: line.time,
@@ -125,6 +191,7 @@ impl TxRecord {
             pack: line.pack,
             closed: line.closed,
             updates,
+            compact,
         })
     }
 }
@@ -288,7 +355,41 @@ mod tests {
                     Some(RefValue::Symbolic("refs/heads/main".into())),
                 ),
             ],
+            compact: None,
         }
+    }
+
+    #[test]
+    fn compaction_lines_round_trip_and_old_lines_read_without_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("refs.journal");
+        let (mut j, _) = Journal::open(&path, 0).expect("open");
+        j.append(&tx(1)).expect("append");
+        let compact = TxRecord {
+            seq: 2,
+            time: 3,
+            who: "maintain".into(),
+            ns: Namespace::Default,
+            pack: None,
+            closed: true,
+            updates: Vec::new(),
+            compact: Some(CompactRecord {
+                add: vec![(
+                    "pack-new".into(),
+                    vec![Namespace::Default, Namespace::Ephemeral],
+                )],
+                remove: vec!["pack-abc".into()],
+                closed: vec![(Namespace::Default, true), (Namespace::Ephemeral, false)],
+            }),
+        };
+        j.append(&compact).expect("append");
+        drop(j);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let first = text.lines().next().expect("a line");
+        assert!(!first.contains("compact"), "{first}");
+        let (_, out) = Journal::open(&path, 0).expect("reopen");
+        assert_eq!(out.records[0].0, tx(1));
+        assert_eq!(out.records[1].0, compact);
     }
 
     #[test]

@@ -28,7 +28,8 @@
 //! - [`record`] — repository records.
 //! - [`packs`] — open packs and object lookup.
 //! - [`ingest`] — quarantines for received packs and their connectivity check.
-//! - [`repo`] — one repository, its snapshots and its transactions.
+//! - [`repo`] — one repository, its snapshots and its transactions; [`repo::compact`] merges
+//!   and prunes its packs.
 //! - [`objects`] — parsers for commit, tag and tree objects.
 //! - [`packout`] — pack generation by reusing stored entries.
 //! - [`graph`] — commit-graph layers.
@@ -71,6 +72,7 @@ pub use name::RepoName;
 pub use packs::{ObjectReader, Pack, PackSet};
 pub use record::{CredentialRecord, RepoRecord, UpstreamRecord};
 pub use refs::{Expect, Namespace, RefError, RefTable, RefUpdate, RefValue};
+pub use repo::compact::{CompactOptions, CompactStats};
 pub use repo::{Repo, Transaction, TxOutcome, View};
 
 pub use format::FORMAT;
@@ -227,6 +229,8 @@ impl Store {
         org: Option<String>,
         refs: Vec<(String, RefValue)>,
     ) -> Result<Arc<Repo>> {
+        // The source's pack files must outlive the linking: no compaction replaces them meanwhile.
+        let _hold = source.hold_compaction();
         let view = source.view();
         self.create_with(name, default_branch, None, org, |repo| {
             repo.adopt(&view, source.dir(), refs, "fork")

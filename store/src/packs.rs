@@ -125,13 +125,31 @@ impl Pack {
 pub struct PackSet {
     packs: Vec<Arc<Pack>>,
     namespaces: Vec<Vec<Namespace>>,
+    /// Bumped by each compaction that replaced packs (adding packs keeps it).
+    generation: u64,
 }
 
 impl PackSet {
     /// Build from already opened packs.
     pub fn new(packs: Vec<(Arc<Pack>, Vec<Namespace>)>) -> PackSet {
         let (packs, namespaces) = packs.into_iter().unzip();
-        PackSet { packs, namespaces }
+        PackSet {
+            packs,
+            namespaces,
+            generation: 0,
+        }
+    }
+
+    /// This set as generation `generation` (see [`PackSet::generation`]).
+    pub(crate) fn with_generation(mut self, generation: u64) -> PackSet {
+        self.generation = generation;
+        self
+    }
+
+    /// How many compactions replaced packs of this repository's sets since it was opened: a
+    /// verification done against an older generation may have relied on pruned objects.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// A copy with `pack` appended (serving `ns`), or with `ns` added to it if present.

@@ -29,6 +29,7 @@ use crate::refs::{Expect, Namespace, RefError, RefTable, RefUpdate, RefValue, va
 use crate::state::{Catalog, RepoState};
 
 mod backup;
+pub mod compact;
 mod fork;
 
 pub use backup::{RepoSnapshot, SnapshotFile};
@@ -157,6 +158,8 @@ pub struct Repo {
     /// Tips refs held until recently, per namespace: a stateless client may fetch what it saw
     /// in an advertisement made just before a ref moved.
     recent: Mutex<VecDeque<(Instant, Namespace, ObjectId)>>,
+    /// Held by a compaction for its whole run: one at a time per repository.
+    maintenance: Mutex<()>,
 }
 
 /// How long former ref values are remembered at most.
@@ -251,6 +254,7 @@ impl Repo {
             view: Arc::new(RwLock::new(Arc::new(view))),
             graph_jobs: Mutex::new(None),
             recent: Mutex::new(VecDeque::new()),
+            maintenance: Mutex::new(()),
         })
     }
 
@@ -290,6 +294,10 @@ impl Repo {
                                 let current = graph.read().map(|g| g.clone()).unwrap_or(None);
                                 let next =
                                     extend_graph(&objects, current.as_deref(), &packs, commits);
+                                set_graph(&graph, &view, next);
+                            }
+                            GraphJob::Rebuild { packs } => {
+                                let next = build_graph(&objects, &packs);
                                 set_graph(&graph, &view, next);
                             }
                             GraphJob::Barrier(done) => {
@@ -392,10 +400,30 @@ impl Repo {
 
     /// Apply `tx`: compare-and-swap each ref, make the quarantined pack durable, journal the
     /// change, then publish it. See the module docs for the ordering.
-    pub fn commit(&self, tx: Transaction) -> Result<TxOutcome> {
+    pub fn commit(&self, mut tx: Transaction) -> Result<TxOutcome> {
         let started = Instant::now();
         let mut w = lock(&self.writer);
         let view = self.view();
+        if let Some(q) = tx.quarantine.as_mut()
+            && let Some(v) = q.verified()
+            && v.generation != view.packs.generation()
+        {
+            // A compaction replaced (and may have pruned) packs the verification stopped at.
+            let (ns, tips): (Namespace, Vec<ObjectId>) = (v.ns, v.tips.iter().copied().collect());
+            match q.verify(view.packs.clone(), ns, &tips) {
+                Ok(_) => {}
+                Err(StoreError::MissingObject(id)) => {
+                    tracing::warn!(%id, "an object the pack needs was pruned meanwhile");
+                    let results = tx
+                        .updates
+                        .iter()
+                        .map(|_| Err(RefError::MissingObject(id)))
+                        .collect();
+                    return Ok(TxOutcome { results, seq: None });
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let table = w.state.refs.get(&tx.ns).cloned().unwrap_or_default();
         let quarantine_pack = tx.quarantine.as_ref().map(|q| q.pack().clone());
         let exists = |id: &ObjectId| {
@@ -456,6 +484,7 @@ impl Repo {
                 .iter()
                 .map(|u| (u.name.clone(), table.get(&u.name).cloned(), u.new.clone()))
                 .collect(),
+            compact: None,
         };
         let promoted = started.elapsed();
         let end = w.journal.append(&record)?;
@@ -658,8 +687,9 @@ fn promote(qdir: &Path, pack_dir: &Path, name: &str) -> Result<()> {
     fsutil::fsync_dir(pack_dir).map_err(StoreError::io("fsync", pack_dir))
 }
 
-/// Remove what a crash left behind: quarantines, packs promoted but never journaled (they
-/// still carry their `.keep`), and stale `.keep` files of cataloged packs.
+/// Remove what a crash left behind: quarantines and compaction work, packs promoted but never
+/// journaled (they still carry their `.keep`), packs a journaled compaction replaced (they carry
+/// a `.replaced` marker), and stale markers of cataloged packs.
 fn sweep_leftovers(dir: &Path, pack_dir: &Path, catalog: &Catalog) -> Result<()> {
     let tmp = dir.join("tmp");
     if let Ok(entries) = std::fs::read_dir(&tmp) {
@@ -675,7 +705,15 @@ fn sweep_leftovers(dir: &Path, pack_dir: &Path, catalog: &Catalog) -> Result<()>
         let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if let Some(stem) = file.strip_suffix(".keep") {
+        if let Some(stem) = file.strip_suffix(&format!(".{}", compact::REPLACED)) {
+            if !cataloged.contains(stem) {
+                tracing::info!(pack = stem, "removing a pack a compaction replaced");
+                for ext in ["idx", "pack"] {
+                    let _ = std::fs::remove_file(pack_dir.join(format!("{stem}.{ext}")));
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        } else if let Some(stem) = file.strip_suffix(".keep") {
             if !cataloged.contains(stem) {
                 tracing::info!(pack = stem, "removing pack left by an interrupted ingest");
                 for ext in ["idx", "pack"] {
@@ -849,6 +887,8 @@ enum GraphJob {
         packs: Arc<PackSet>,
         commits: Option<Vec<GraphCommit>>,
     },
+    /// Rebuild the graph from `packs` (after a compaction dropped commits).
+    Rebuild { packs: Arc<PackSet> },
     /// Answer once everything queued before is done.
     Barrier(std::sync::mpsc::Sender<()>),
 }

@@ -52,6 +52,35 @@ impl Catalog {
 
     /// Apply the catalog part of `tx`, which ends at journal offset `end`.
     pub fn apply(&mut self, tx: &TxRecord, end: u64) {
+        if let Some(c) = &tx.compact {
+            // The new packs take the place of the first pack they replace.
+            let at = self
+                .packs
+                .iter()
+                .position(|p| c.remove.contains(&p.name))
+                .unwrap_or(self.packs.len());
+            let before = self.packs[..at]
+                .iter()
+                .filter(|p| !c.remove.contains(&p.name))
+                .count();
+            self.packs.retain(|p| !c.remove.contains(&p.name));
+            let fresh = c
+                .add
+                .iter()
+                .filter(|(name, _)| !self.packs.iter().any(|p| &p.name == name))
+                .map(|(name, namespaces)| PackEntry {
+                    name: name.clone(),
+                    namespaces: namespaces.clone(),
+                })
+                .collect::<Vec<_>>();
+            self.packs.splice(before..before, fresh);
+            for (ns, closed) in &c.closed {
+                self.closed.insert(*ns, *closed);
+            }
+            self.journal_pos = end;
+            self.journal_seq = tx.seq;
+            return;
+        }
         if let Some(pack) = &tx.pack {
             match self.packs.iter_mut().find(|p| &p.name == pack) {
                 Some(entry) => {
@@ -98,5 +127,51 @@ impl RepoState {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::CompactRecord;
+
+    fn tx(seq: u64, pack: Option<&str>, compact: Option<CompactRecord>) -> TxRecord {
+        TxRecord {
+            seq,
+            time: seq,
+            who: "test".into(),
+            ns: Namespace::Default,
+            pack: pack.map(str::to_owned),
+            closed: true,
+            updates: Vec::new(),
+            compact,
+        }
+    }
+
+    #[test]
+    fn a_compaction_replaces_its_packs_in_place_and_sets_every_closed_flag() {
+        let mut c = Catalog::default();
+        for (i, p) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            c.apply(&tx(i as u64 + 1, Some(p), None), 10 * (i as u64 + 1));
+        }
+        let compact = CompactRecord {
+            add: vec![
+                ("x".into(), vec![Namespace::Default]),
+                ("y".into(), vec![Namespace::Ephemeral]),
+            ],
+            remove: vec!["b".into(), "d".into()],
+            closed: vec![(Namespace::Default, true), (Namespace::Ephemeral, false)],
+        };
+        c.apply(&tx(5, None, Some(compact.clone())), 50);
+        let names: Vec<&str> = c.packs.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "x", "y", "c"]);
+        assert_eq!(c.packs[2].namespaces, [Namespace::Ephemeral]);
+        assert!(c.is_closed(Namespace::Default));
+        assert!(!c.is_closed(Namespace::Ephemeral));
+        assert_eq!((c.journal_pos, c.journal_seq), (50, 5));
+        // Replaying the same line (a journal read twice) changes nothing more.
+        let before = c.clone();
+        c.apply(&tx(5, None, Some(compact)), 50);
+        assert_eq!(c, before);
     }
 }

@@ -110,6 +110,10 @@ mod limits;
 /// `--metrics-listen`, JSON logs, sync progress, graceful shutdown on SIGTERM and its deadline.
 mod ops;
 
-// Identical concurrent fetches share one pack generation, spooled to a file each reader tails at
-// its own pace.
+/// Identical concurrent fetches share one pack generation, spooled to a file each reader tails at
+/// its own pace.
 mod herd;
+
+/// Maintenance: `codestorage maintain` and `POST /api/admin/maintain` — compaction, pruning
+/// after the grace period, forks, geometric rollup, concurrency and crash safety.
+mod maintain;

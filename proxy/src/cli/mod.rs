@@ -107,6 +107,21 @@ impl Client {
         Ok(v)
     }
 
+    /// `maintain`: compact now and wait until done.
+    pub async fn maintain(&self, repo: Option<&str>, full: bool) -> Result<Value> {
+        let mut body = json!({ "full": full });
+        if let Some(name) = repo {
+            body["repo"] = json!(name);
+        }
+        let (status, v) = self
+            .call(reqwest::Method::POST, "/api/admin/maintain", Some(body))
+            .await?;
+        if status != 200 {
+            return Err(Self::fail(status, &v));
+        }
+        Ok(v)
+    }
+
     /// `repo show`.
     pub async fn show(&self, name: &str) -> Result<Value> {
         let (status, v) = self

@@ -145,6 +145,17 @@ pub struct ServeArgs {
     /// Seconds between the progress lines a running sync logs [default: 10].
     #[arg(long, value_name = "SECS")]
     pub sync_progress_interval: Option<u64>,
+    /// How often the background task compacts repositories' packs (`30m`, `1h`, `0` = off)
+    /// [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub maintain_interval: Option<String>,
+    /// Unreachable objects of packs younger than this are not pruned (`0s`, `12h`, `14d`)
+    /// [default: 14d].
+    #[arg(long, value_name = "DURATION")]
+    pub prune_grace: Option<String>,
+    /// Bytes per second a compaction writes at most (0 = no cap) [default: 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub maintain_max_rate: Option<u64>,
 }
 
 /// A secret from the command line or the environment, masked from then on.
@@ -302,6 +313,17 @@ pub async fn run(
     }
     if let Some(secs) = args.sync_progress_interval.or(file.sync_progress_interval) {
         config.sync_progress_interval = Duration::from_secs(secs.max(1));
+    }
+    if let Some(v) = &args.maintain_interval {
+        config.maintain.interval = crate::maintain::parse_interval(v)
+            .with_context(|| format!("--maintain-interval {v:?}: use e.g. 0, 30m, 1h or 1d"))?;
+    }
+    if let Some(v) = &args.prune_grace {
+        config.maintain.prune_grace = crate::expiry::parse_duration(v)
+            .with_context(|| format!("--prune-grace {v:?}: use e.g. 0s, 12h or 14d"))?;
+    }
+    if let Some(rate) = args.maintain_max_rate {
+        config.maintain.max_rate = (rate > 0).then_some(rate);
     }
     if let Some(max) = args.max_pack_bytes.or(file.max_pack_bytes) {
         config.push_limits.max_pack_bytes = max;

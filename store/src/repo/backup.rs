@@ -157,6 +157,7 @@ impl Repo {
                 pack: Some(name.clone()),
                 closed: false,
                 updates: Vec::new(),
+                compact: None,
             };
             let end = w.journal.append(&record)?;
             w.state.apply(&record, end);

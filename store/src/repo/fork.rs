@@ -103,6 +103,7 @@ impl Repo {
                 } else {
                     Vec::new()
                 },
+                compact: None,
             };
             let end = w.journal.append(&record)?;
             w.state.apply(&record, end);

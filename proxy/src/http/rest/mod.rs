@@ -10,11 +10,13 @@
 //! - `webhooks`: organisation-wide webhook subscriptions and their delivery logs.
 //! - `admin`: `GET /api/v1/admin/backup` (admin scope), a consistent backup stream;
 //!   `GET /api/v1/admin/refs`, every ref as text.
+//! - `maintain`: `POST /api/admin/maintain`, compaction on demand (admin only).
 
 mod admin;
 mod branches;
 mod credentials;
 mod fork;
+mod maintain;
 mod repos;
 mod webhooks;
 
@@ -267,6 +269,9 @@ async fn route(
                 "method not allowed",
             )),
         };
+    }
+    if maintain::is_route(path) {
+        return maintain::handle(app, id, method, call).await;
     }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         return legacy(app, id, method, rest, call).await;

@@ -799,7 +799,7 @@ impl Bench<'_> {
 
 /// Mints an admin token (one day) from the signing key in codestorage's data dir `data` (created
 /// when the server first started).
-fn mint_admin_token(codestorage: &Path, data: &Path) -> Result<String> {
+pub(crate) fn mint_admin_token(codestorage: &Path, data: &Path) -> Result<String> {
     let out = run(Command::new(codestorage).arg("--data-dir").arg(data).args([
         "token", "mint", "--repo", "org", "--scopes", "admin", "--ttl", "86400", "--sub", "bench",
     ]))

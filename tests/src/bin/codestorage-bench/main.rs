@@ -7,6 +7,7 @@
 //! codestorage-bench gen small|large DIR
 //! codestorage-bench load [--clones N] [--pushes N] [--repos N] [--ops N] [--workers N]
 //!                        [--max-seconds N] [--keep]
+//! codestorage-bench compaction [--syncs N] [--force-pushes N] [--runs N] [--keep]
 //! ```
 //!
 //! `run` expects `codestorage` and `git-cgi-server` next to its own executable (a release build
@@ -17,12 +18,14 @@
 //! - `main.rs`: arguments, the repos to benchmark, the final tables.
 //! - `bench.rs`: the phases of one repo's benchmark and how each cost is measured.
 //! - `load.rs`: `load`, concurrent clients against one server (behind `scripts/load`).
+//! - `compaction.rs`: `compaction`, many syncs and force-pushes, then `maintain --full`.
 //! - `push.rs`: the push phase (through codestorage to a mirror's upstream, and direct).
 //! - `generate.rs`: deterministic synthetic repos (`git fast-import`).
 //! - `report.rs`: samples, medians, the table.
 //! - `util.rs`: commands, server processes, a tiny HTTP client.
 
 mod bench;
+mod compaction;
 mod generate;
 mod load;
 mod push;
@@ -42,7 +45,8 @@ usage: codestorage-bench run [--small-only] [--large generate|PATH] [--repo PATH
                              [--runs N] [--large-runs N] [--keep] [--push-only]
        codestorage-bench gen small|large DIR
        codestorage-bench load [--clones N] [--pushes N] [--repos N] [--ops N] [--workers N]
-                              [--max-seconds N] [--keep]";
+                              [--max-seconds N] [--keep]
+       codestorage-bench compaction [--syncs N] [--force-pushes N] [--runs N] [--keep]";
 
 struct RunArgs {
     small_only: bool,
@@ -71,6 +75,7 @@ fn real_main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("run") => run(parse_run(&args[1..])?),
         Some("load") => run_load(&args[1..]),
+        Some("compaction") => run_compaction(&args[1..]),
         Some("gen") => match &args[1..] {
             [shape, dir] => generate::generate(&generate::shape(shape)?, Path::new(dir)),
             _ => bail!("{USAGE}"),
@@ -163,6 +168,48 @@ fn run_load(args: &[String]) -> Result<()> {
     } else {
         bail!("targets missed; logs in {}", work.display())
     }
+}
+
+/// `compaction`: parse its options, find the binaries and the cached `small` repo, run it.
+fn run_compaction(args: &[String]) -> Result<()> {
+    let mut opts = compaction::CompactionArgs::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || -> Result<usize> {
+            parse_count(
+                &it.next()
+                    .cloned()
+                    .with_context(|| format!("{arg} needs a value\n{USAGE}"))?,
+            )
+        };
+        match arg.as_str() {
+            "--syncs" => opts.syncs = value()?,
+            "--force-pushes" => opts.force_pushes = value()?,
+            "--runs" => opts.runs = value()?,
+            "--keep" => opts.keep = true,
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let bin_dir = exe.parent().context("executable has no directory")?;
+    let target = bin_dir
+        .parent()
+        .context("executable is not in a target dir")?;
+    let (codestorage, cgi) = (bin_dir.join("codestorage"), bin_dir.join("git-cgi-server"));
+    for tool in [&codestorage, &cgi] {
+        if !tool.exists() {
+            bail!("{} is missing: build the workspace first", tool.display());
+        }
+    }
+    let small = cached(&generate::SMALL, &target.join("bench-data"))?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let work = target
+        .join("bench-work")
+        .join(format!("compaction-{stamp}"));
+    compaction::compaction(&codestorage, &cgi, &small, &work, &opts)
 }
 
 fn parse_count(v: &str) -> Result<usize> {

@@ -1,0 +1,162 @@
+//! Compaction at the store level: a full compaction keeps what refs reach and the data dir
+//! reopens to the compacted state; a transaction whose quarantine was verified against packs a
+//! compaction has since pruned is verified again and refused, never committed over a hole.
+
+mod common;
+
+use std::io::BufReader;
+use std::sync::atomic::AtomicBool;
+
+use codestorage_store::{
+    CompactOptions, Expect, IngestOptions, Namespace, RefError, RefUpdate, RefValue, RepoName,
+    Store, Transaction,
+};
+use common::{Fixture, git, ingest, oid};
+
+fn full() -> CompactOptions {
+    CompactOptions {
+        full: true,
+        prune_grace: std::time::Duration::ZERO,
+        max_rate: None,
+    }
+}
+
+fn move_main(store: &Store, from: &str, to: &str) {
+    let repo = store.repo("r").expect("repo");
+    let out = repo
+        .commit(Transaction {
+            ns: Namespace::Default,
+            updates: vec![RefUpdate {
+                name: "refs/heads/main".into(),
+                expect: Expect::Value(RefValue::Direct(oid(from))),
+                new: Some(RefValue::Direct(oid(to))),
+            }],
+            who: "test".into(),
+            atomic: true,
+            quarantine: None,
+        })
+        .expect("commit");
+    assert!(out.results.iter().all(|r| r.is_ok()), "{:?}", out.results);
+}
+
+#[test]
+fn a_full_compaction_prunes_the_unreachable_and_survives_a_reopen() {
+    let f = Fixture::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("data");
+    let store = Store::open(&root).expect("open");
+    store
+        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
+        .expect("create");
+    let a = f.commits(3, "a");
+    ingest(&store, "r", &f.pack(&a, None), &a, None);
+    let b = f.commits(3, "b");
+    ingest(&store, "r", &f.pack(&b, Some(&a)), &b, Some(&a));
+    let c = f.commits(3, "c");
+    ingest(&store, "r", &f.pack(&c, Some(&b)), &c, Some(&b));
+    move_main(&store, &c, &b);
+    let repo = store.repo("r").expect("repo");
+    assert_eq!(repo.view().packs.packs().len(), 3);
+
+    let stats = repo
+        .compact(&full(), &AtomicBool::new(false))
+        .expect("compact");
+    assert_eq!((stats.packs_merged, stats.packs_after), (3, 1), "{stats:?}");
+    assert!(stats.objects_pruned >= 3, "c's commits at least: {stats:?}");
+    assert_eq!(stats.closed.get("default"), Some(&true), "{stats:?}");
+    let view = repo.view();
+    assert!(view.packs.contains(&oid(&b)) && view.packs.contains(&oid(&a)));
+    assert!(
+        !view.packs.contains(&oid(&c)),
+        "the unreachable tip is gone"
+    );
+    assert!(view.catalog.is_closed(Namespace::Default));
+    // git reads the result.
+    let pack = view.packs.packs()[0].index_path();
+    git(&f.work, &["verify-pack", pack.to_str().expect("utf-8")]);
+    let dir = repo.dir().to_owned();
+    drop((view, repo));
+    store.wait_idle();
+    drop(store);
+
+    let store = Store::open(&root).expect("reopen");
+    let repo = store.repo("r").expect("repo");
+    let view = repo.view();
+    assert_eq!(view.packs.packs().len(), 1);
+    assert_eq!(
+        view.refs(Namespace::Default).get("refs/heads/main"),
+        Some(&RefValue::Direct(oid(&b)))
+    );
+    let files = std::fs::read_dir(dir.join("objects/pack"))
+        .expect("read")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count();
+    assert_eq!(files, 1, "the replaced packs were deleted");
+    drop((view, repo));
+    store.wait_idle();
+    store.index().flush().expect("flush");
+    drop(store);
+    let report = codestorage_store::fsck::run(&root, false).expect("fsck runs");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn a_quarantine_verified_before_a_compaction_pruned_its_base_is_refused() {
+    let f = Fixture::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&tmp.path().join("data")).expect("open");
+    store
+        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
+        .expect("create");
+    let a = f.commits(2, "a");
+    ingest(&store, "r", &f.pack(&a, None), &a, None);
+    let b = f.commits(2, "b");
+    ingest(&store, "r", &f.pack(&b, Some(&a)), &b, Some(&a));
+    // b becomes garbage; a client that still has it builds d on it.
+    move_main(&store, &b, &a);
+    let d = f.commits(1, "d");
+    let repo = store.repo("r").expect("repo");
+    let interrupt = AtomicBool::new(false);
+    let pack = f.pack(&d, Some(&b));
+    let mut q = repo
+        .receive_pack(
+            &mut BufReader::new(pack.as_slice()),
+            IngestOptions::default(),
+            &interrupt,
+        )
+        .expect("ingest")
+        .expect("objects");
+    q.verify(repo.view().packs.clone(), Namespace::Default, &[oid(&d)])
+        .expect("b is still there when the push is verified");
+
+    let stats = repo.compact(&full(), &interrupt).expect("compact");
+    assert!(stats.objects_pruned > 0, "{stats:?}");
+    assert!(!repo.view().packs.contains(&oid(&b)));
+
+    let out = repo
+        .commit(Transaction {
+            ns: Namespace::Default,
+            updates: vec![RefUpdate {
+                name: "refs/heads/d".into(),
+                expect: Expect::Absent,
+                new: Some(RefValue::Direct(oid(&d))),
+            }],
+            who: "test".into(),
+            atomic: true,
+            quarantine: Some(q),
+        })
+        .expect("commit");
+    assert!(out.seq.is_none(), "nothing committed");
+    assert!(
+        matches!(out.results.as_slice(), [Err(RefError::MissingObject(_))]),
+        "{:?}",
+        out.results
+    );
+    assert!(
+        repo.view()
+            .refs(Namespace::Default)
+            .get("refs/heads/d")
+            .is_none()
+    );
+}
