@@ -52,9 +52,14 @@ fn packs(server: &Server, name: &str) -> BTreeSet<String> {
 
 /// Every object id in the stored packs of `name` (`git verify-pack -v` on each pack).
 fn stored_objects(w: &World, name: &str) -> BTreeSet<String> {
-    let dir = pack_dir(&w.server, name);
+    objects_on(w, &w.server, name)
+}
+
+/// [`stored_objects`] of `name` on `server`.
+fn objects_on(w: &World, server: &Server, name: &str) -> BTreeSet<String> {
+    let dir = pack_dir(server, name);
     let mut out = BTreeSet::new();
-    for stem in packs(&w.server, name) {
+    for stem in packs(server, name) {
         let idx = dir.join(format!("{stem}.idx"));
         let listed = w.git.run(
             w.git.scratch(),
@@ -564,4 +569,46 @@ fn objects_of_expired_ephemeral_refs_are_pruned() {
         "the expired branch's blob is pruned"
     );
     served(&w, "team/ttl");
+}
+
+#[test]
+fn a_backup_of_a_compacted_store_restores_and_serves_the_same_refs_and_objects() {
+    let (w, seed) = World::seeded_mirror("team/kept");
+    grow_by_syncs(&w, &seed, 3);
+    maintain(&w.server, &["--full"]);
+    // A sync after the compaction: the journal holds a compaction line, then a new pack.
+    grow_by_syncs(&w, &seed, 1);
+    let refs = served(&w, "team/kept");
+    let objects = stored_objects(&w, "team/kept");
+    let backup = w.git.unique_path("backup");
+    w.server
+        .cli_ok(&["backup", "--to", backup.to_str().expect("utf-8")]);
+
+    let mut restored = Server::start();
+    restored.stop();
+    std::fs::remove_dir_all(restored.data_dir()).expect("remove the data dir");
+    let out = restored.data_cli(&["restore", "--from", backup.to_str().expect("utf-8")]);
+    assert!(out.success(), "restore\n{}", out.describe());
+    restored.restart();
+    let dir = w.git.unique_path("restored");
+    w.git
+        .clone(&restored.git_url("team/kept"), &dir, &["--mirror", "-q"]);
+    w.git.fsck_strict(&dir);
+    assert_maps_eq(&w.git.served_refs(&dir), &refs, "restored vs live");
+    // The restored store compacts again and keeps every object.
+    let answer = maintain(&restored, &["--full"]);
+    assert_eq!(entry(&answer, "team/kept")["packs_after"], 1, "{answer}");
+    assert_eq!(entry(&answer, "team/kept")["objects_pruned"], 0, "{answer}");
+    let restored_objects = objects_on(&w, &restored, "team/kept");
+    assert_eq!(
+        restored_objects, objects,
+        "the same objects after the restore"
+    );
+    restored.stop();
+    let out = restored.fsck();
+    assert!(
+        out.success(),
+        "fsck of the restored store\n{}",
+        out.describe()
+    );
 }
