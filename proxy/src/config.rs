@@ -40,6 +40,10 @@
 //! max_pack_generations = 8       # default 2 x CPUs (at least 4); more wait
 //! max_concurrent_syncs = 4
 //! rate_limit = 600               # requests per minute per token `sub`; off by default
+//! # maintenance (see README "Maintenance")
+//! maintain_interval = "1h"       # background compaction period; "0" = off
+//! prune_grace = "14d"            # unreachable objects of younger packs are kept
+//! maintain_max_rate = 67108864   # bytes per second a compaction writes; 0 = no cap
 //!
 //! [[issuers]]
 //! org = "acme"                # the JWT `iss`
@@ -158,6 +162,12 @@ pub struct FileConfig {
     pub max_concurrent_syncs: Option<usize>,
     /// Requests per minute per token `sub`.
     pub rate_limit: Option<u32>,
+    /// Background compaction period (`0` = off, `30m`, `1h`, `1d`).
+    pub maintain_interval: Option<String>,
+    /// Unreachable objects of packs younger than this are not pruned (`0s`, `12h`, `14d`).
+    pub prune_grace: Option<String>,
+    /// Bytes per second a compaction writes at most (`0` = no cap).
+    pub maintain_max_rate: Option<u64>,
     /// Trusted issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,

@@ -246,6 +246,26 @@ fn apply_limits(config: &mut Config, args: &ServeArgs, file: &FileConfig) -> Res
     Ok(())
 }
 
+/// The maintenance settings: flags over the file over the defaults.
+fn apply_maintenance(config: &mut Config, args: &ServeArgs, file: &FileConfig) -> Result<()> {
+    if let Some(v) = args
+        .maintain_interval
+        .as_ref()
+        .or(file.maintain_interval.as_ref())
+    {
+        config.maintain.interval = crate::maintain::parse_interval(v)
+            .with_context(|| format!("--maintain-interval {v:?}: use e.g. 0, 30m, 1h or 1d"))?;
+    }
+    if let Some(v) = args.prune_grace.as_ref().or(file.prune_grace.as_ref()) {
+        config.maintain.prune_grace = crate::expiry::parse_duration(v)
+            .with_context(|| format!("--prune-grace {v:?}: use e.g. 0s, 12h or 14d"))?;
+    }
+    if let Some(rate) = args.maintain_max_rate.or(file.maintain_max_rate) {
+        config.maintain.max_rate = (rate > 0).then_some(rate);
+    }
+    Ok(())
+}
+
 /// Run the server on `data_dir` until `shutdown`.
 pub async fn run(
     data_dir: &Path,
@@ -267,6 +287,7 @@ pub async fn run(
     }
     let mut config = Config::new(data_dir.to_owned());
     apply_limits(&mut config, &args, &file)?;
+    apply_maintenance(&mut config, &args, &file)?;
     config.listen = args.listen.or(file.listen).unwrap_or(config.listen);
     config.allow_http_upstream =
         args.allow_http_upstream || file.allow_http_upstream.unwrap_or(false);
@@ -313,17 +334,6 @@ pub async fn run(
     }
     if let Some(secs) = args.sync_progress_interval.or(file.sync_progress_interval) {
         config.sync_progress_interval = Duration::from_secs(secs.max(1));
-    }
-    if let Some(v) = &args.maintain_interval {
-        config.maintain.interval = crate::maintain::parse_interval(v)
-            .with_context(|| format!("--maintain-interval {v:?}: use e.g. 0, 30m, 1h or 1d"))?;
-    }
-    if let Some(v) = &args.prune_grace {
-        config.maintain.prune_grace = crate::expiry::parse_duration(v)
-            .with_context(|| format!("--prune-grace {v:?}: use e.g. 0s, 12h or 14d"))?;
-    }
-    if let Some(rate) = args.maintain_max_rate {
-        config.maintain.max_rate = (rate > 0).then_some(rate);
     }
     if let Some(max) = args.max_pack_bytes.or(file.max_pack_bytes) {
         config.push_limits.max_pack_bytes = max;
@@ -435,5 +445,22 @@ mod tests {
         let err =
             apply_limits(&mut config, &args(&["--max-connections", "0"]), &file).expect_err("zero");
         assert!(err.to_string().contains("--max-connections"), "{err}");
+    }
+
+    #[test]
+    fn maintenance_settings_come_from_the_file_unless_a_flag_says_otherwise() {
+        let file: FileConfig = toml::from_str(
+            "maintain_interval = \"30m\"\nprune_grace = \"2d\"\nmaintain_max_rate = 0\n",
+        )
+        .expect("toml");
+        let mut config = Config::new("/tmp/x".into());
+        apply_maintenance(&mut config, &args(&["--prune-grace", "0s"]), &file).expect("ok");
+        assert_eq!(config.maintain.interval, Some(Duration::from_secs(1800)));
+        assert_eq!(config.maintain.prune_grace, Duration::ZERO, "the flag wins");
+        assert_eq!(config.maintain.max_rate, None, "0 = no cap");
+        let bad: FileConfig = toml::from_str("prune_grace = \"soon\"\n").expect("toml");
+        let err = apply_maintenance(&mut Config::new("/tmp/x".into()), &args(&[]), &bad)
+            .expect_err("bad duration");
+        assert!(err.to_string().contains("--prune-grace"), "{err}");
     }
 }
