@@ -160,3 +160,150 @@ fn a_quarantine_verified_before_a_compaction_pruned_its_base_is_refused() {
             .is_none()
     );
 }
+
+/// Pack files (`.pack`) in `dir/objects/pack`.
+fn pack_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("objects/pack"))
+        .expect("read")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count()
+}
+
+/// Ingest `pack` (complete) into the ephemeral namespace as `refs/heads/<branch>` at `tip`.
+fn ingest_ephemeral(store: &Store, pack: &[u8], branch: &str, tip: &str) {
+    let repo = store.repo("r").expect("repo");
+    let interrupt = AtomicBool::new(false);
+    let mut q = repo
+        .receive_pack(
+            &mut BufReader::new(pack),
+            IngestOptions::default(),
+            &interrupt,
+        )
+        .expect("ingest")
+        .expect("a pack with objects");
+    q.verify(repo.view().packs.clone(), Namespace::Ephemeral, &[oid(tip)])
+        .expect("verify");
+    let out = repo
+        .commit(Transaction {
+            ns: Namespace::Ephemeral,
+            updates: vec![RefUpdate {
+                name: format!("refs/heads/{branch}"),
+                expect: Expect::Absent,
+                new: Some(RefValue::Direct(oid(tip))),
+            }],
+            who: "test".into(),
+            atomic: true,
+            quarantine: Some(q),
+        })
+        .expect("commit");
+    assert!(out.results.iter().all(|r| r.is_ok()), "{:?}", out.results);
+}
+
+#[test]
+fn repeated_full_compactions_never_delete_a_pack_they_rewrote_byte_for_byte() {
+    let f = Fixture::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("data");
+    let store = Store::open(&root).expect("open");
+    store
+        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
+        .expect("create");
+    let a = f.commits(3, "a");
+    ingest(&store, "r", &f.pack(&a, None), &a, None);
+    // An ephemeral branch on top: two namespace groups (both namespaces; ephemeral only).
+    let b = f.commits(3, "b");
+    ingest_ephemeral(&store, &f.pack(&b, None), "topic", &b);
+    let repo = store.repo("r").expect("repo");
+    let stop = AtomicBool::new(false);
+    let first = repo.compact(&full(), &stop).expect("compact");
+    assert_eq!(first.packs_after, 2, "one pack per group: {first:?}");
+    // Nothing changed: the same two packs would be written again.
+    let second = repo.compact(&full(), &stop).expect("compact again");
+    assert_eq!(
+        second.skipped.as_deref(),
+        Some("already compact"),
+        "{second:?}"
+    );
+    // Only the default namespace moves on: the ephemeral-only pack is rewritten byte for byte
+    // and must stay.
+    git(&f.work, &["reset", "-q", "--hard", &a]);
+    let c = f.commits(2, "c");
+    ingest(&store, "r", &f.pack(&c, Some(&a)), &c, Some(&a));
+    let third = repo.compact(&full(), &stop).expect("compact a third time");
+    assert!(third.skipped.is_none(), "{third:?}");
+    let dir = repo.dir().to_owned();
+    assert_eq!(
+        pack_files(&dir),
+        repo.view().packs.packs().len(),
+        "every cataloged pack is on disk"
+    );
+    drop(repo);
+    store.wait_idle();
+    store.index().flush().expect("flush");
+    drop(store);
+
+    let store = Store::open(&root).expect("the store opens after repeated compactions");
+    let repo = store.repo("r").expect("repo");
+    let view = repo.view();
+    for id in [&a, &b, &c] {
+        assert!(view.packs.contains(&oid(id)), "{id} is kept");
+    }
+    drop((view, repo));
+    store.wait_idle();
+    store.index().flush().expect("flush");
+    drop(store);
+    let report = codestorage_store::fsck::run(&root, false).expect("fsck runs");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn a_ref_moved_onto_pruned_history_during_a_compaction_abandons_it() {
+    let f = Fixture::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("data");
+    let store = Store::open(&root).expect("open");
+    store
+        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
+        .expect("create");
+    let a = f.commits(3, "a");
+    ingest(&store, "r", &f.pack(&a, None), &a, None);
+    let b = f.commits(2, "b");
+    ingest(&store, "r", &f.pack(&b, Some(&a)), &b, Some(&a));
+    // b is now unreachable (and, with no grace, prunable).
+    move_main(&store, &b, &a);
+    // A commit on top of b whose tree is a's: everything it needs but its parent is kept.
+    let tree = git(&f.work, &["rev-parse", &format!("{a}^{{tree}}")]);
+    let n = git(
+        &f.work,
+        &["commit-tree", tree.trim(), "-p", &b, "-m", "revert"],
+    );
+    let n = n.trim().to_owned();
+    let pack = f.pack(&n, Some(&b));
+    let repo = store.repo("r").expect("repo");
+    // A slow compaction (a few KiB at 2 KiB/s), during which main moves to n.
+    let slow = CompactOptions {
+        max_rate: Some(2048),
+        ..full()
+    };
+    let stats = std::thread::scope(|s| {
+        let compaction = s.spawn(|| repo.compact(&slow, &AtomicBool::new(false)));
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        ingest(&store, "r", &pack, &n, Some(&a));
+        compaction.join().expect("compaction thread")
+    })
+    .expect("compact");
+    // Either the compaction saw the move and gave up, or it kept b: never a hole.
+    let view = repo.view();
+    assert!(
+        view.packs.contains(&oid(&b)),
+        "the parent of main's tip is still stored: {stats:?}"
+    );
+    assert!(stats.retry || stats.objects_pruned == 0, "{stats:?}");
+    drop((view, repo));
+    store.wait_idle();
+    store.index().flush().expect("flush");
+    drop(store);
+    let report = codestorage_store::fsck::run(&root, false).expect("fsck runs");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

@@ -309,7 +309,8 @@ impl Repo {
 
         // Each distinct object of the merged packs, with the namespaces it serves.
         let mut served: HashMap<ObjectId, u8> = HashMap::default();
-        let mut young: Vec<ObjectId> = Vec::new();
+        // Young objects, with the modification time of the youngest pack holding them.
+        let mut young: HashMap<ObjectId, SystemTime> = HashMap::default();
         let mut cruft_time: Option<SystemTime> = None;
         for i in &merged {
             let pack = &all[*i];
@@ -319,9 +320,6 @@ impl Repo {
                 .fold(0u8, |m, ns| m | ns_bit(ns));
             let (age, mtime) = pack_age(pack);
             let is_young = opts.full && age < opts.prune_grace;
-            if is_young {
-                cruft_time = cruft_time.max(Some(mtime));
-            }
             stats.entries_merged += u64::from(pack.num_objects());
             stats.bytes_merged += std::fs::metadata(pack.data_path())
                 .map(|m| m.len())
@@ -330,7 +328,8 @@ impl Repo {
                 let id = pack.oid_at(k);
                 *served.entry(id).or_insert(0) |= mask;
                 if is_young {
-                    young.push(id);
+                    let t = young.entry(id).or_insert(mtime);
+                    *t = (*t).max(mtime);
                 }
             }
         }
@@ -373,9 +372,18 @@ impl Repo {
             }
             // Young objects nothing reaches are kept with what they reach.
             let unreached: Vec<ObjectId> = young
-                .into_iter()
-                .filter(|id| !group_of.contains_key(id))
+                .iter()
+                .filter(|(id, _)| !group_of.contains_key(*id))
+                .map(|(id, _)| *id)
                 .collect();
+            // The cruft pack keeps the age of the youngest pack its unreached objects came from
+            // (not of every young pack merged: the previous compaction's pack is always young,
+            // and taking its age would restart the grace at every run).
+            cruft_time = unreached
+                .iter()
+                .filter_map(|id| young.get(id))
+                .max()
+                .copied();
             if !unreached.is_empty() {
                 let mut wants = unreached;
                 wants.sort_unstable();
@@ -603,17 +611,25 @@ impl Repo {
                 None,
             );
             let mut reader = probe.reader();
+            let before_packs: Vec<&str> = before.packs.packs().iter().map(|p| p.name()).collect();
             for ns in Namespace::ALL {
+                // Its closed flag was computed for the refs and packs of the snapshot: if either
+                // changed for this namespace, it is not known to be closed any more.
+                let gained_pack =
+                    current.packs.packs().iter().enumerate().any(|(i, p)| {
+                        current.packs.serves(i, ns) && !before_packs.contains(&p.name())
+                    });
+                if gained_pack || before.refs(ns) != current.refs(ns) {
+                    for (n, c) in &mut closed {
+                        if *n == ns {
+                            *c = false;
+                        }
+                    }
+                }
                 let old: Vec<ObjectId> = tips(before, ns, &[]);
                 let now_tips: Vec<ObjectId> = tips(&current, ns, &[]);
                 if old == now_tips {
                     continue;
-                }
-                // Its closed flag was computed for the old refs.
-                for (n, c) in &mut closed {
-                    if *n == ns {
-                        *c = false;
-                    }
                 }
                 let new: Vec<ObjectId> = now_tips
                     .into_iter()
@@ -635,11 +651,55 @@ impl Repo {
                 if let Some(id) = reached.iter().find(|id| !next_set.contains(id)) {
                     return conflict(stats, format!("a ref moved to pruned history ({id})"));
                 }
+                // The walk passes over a parent it cannot find: check every parent explicitly.
+                let mut buf = Vec::new();
+                for id in &reached {
+                    let Some((Kind::Commit, data)) = reader.find(id, &mut buf)? else {
+                        continue;
+                    };
+                    let parents = crate::objects::parse_commit(data)
+                        .map(|c| c.parents)
+                        .unwrap_or_default();
+                    if let Some(p) = parents.iter().find(|p| !next_set.contains(p)) {
+                        return conflict(
+                            stats,
+                            format!("a ref moved to history whose commit {p} was pruned"),
+                        );
+                    }
+                }
+            }
+        }
+
+        // A written pack may be byte for byte one it replaces (same content, so same name):
+        // rewriting a group that was already one pack. That file stays where it is.
+        let same: Vec<String> = written
+            .iter()
+            .map(|wr| wr.pack.name().to_owned())
+            .filter(|n| removed.contains(n))
+            .collect();
+        if same.len() == written.len() && same.len() == removed.len() {
+            let catalog_same = written.iter().all(|wr| {
+                w.state
+                    .catalog
+                    .packs
+                    .iter()
+                    .any(|p| p.name == wr.pack.name() && p.namespaces == wr.namespaces)
+            });
+            let closed_same = closed
+                .iter()
+                .all(|(ns, c)| w.state.catalog.is_closed(*ns) == *c);
+            if catalog_same && closed_same {
+                stats.skipped = Some("already compact".into());
+                stats.packs_after = current.packs.packs().len();
+                return Ok(());
             }
         }
 
         // Promote: .keep first, then data; the old packs get their .replaced marker.
-        for wr in &written {
+        for wr in written
+            .iter()
+            .filter(|wr| !same.iter().any(|n| n == wr.pack.name()))
+        {
             let name = wr.pack.name();
             let keep = wr.dir.join(format!("{name}.keep"));
             std::fs::write(&keep, b"codestorage: compaction in progress\n")
@@ -660,9 +720,13 @@ impl Repo {
                 let src = wr.dir.join(format!("{name}.{ext}"));
                 let dst = pack_dir.join(format!("{name}.{ext}"));
                 std::fs::rename(&src, &dst).map_err(StoreError::io("move into place", &dst))?;
+                if ext == "keep" {
+                    // The marker is durable before the pack it guards appears.
+                    fsutil::fsync_dir(&pack_dir).map_err(StoreError::io("fsync", &pack_dir))?;
+                }
             }
         }
-        for name in &removed {
+        for name in removed.iter().filter(|n| !same.contains(n)) {
             let marker = pack_dir.join(format!("{name}.{REPLACED}"));
             std::fs::write(&marker, b"codestorage: replaced by a compaction\n")
                 .map_err(StoreError::io("write", &marker))?;
@@ -687,14 +751,8 @@ impl Repo {
                 closed: closed.clone(),
             }),
         };
-        let end = w.journal.append(&record)?;
-        crate::fault::point("compact-journaled");
-        w.state.apply(&record, end);
-        let rid = self.record().id;
-        if let Err(e) = self.index.apply(&rid, &record, &w.state.catalog) {
-            tracing::warn!(error = %e, "index update failed; it will be rebuilt from the journal");
-        }
-        // Reopen the new packs from their final place.
+        // Open the new packs from their final place before the journal names them, so that
+        // a failure here leaves the old state in force.
         let mut reopened = Vec::with_capacity(next_set.packs().len());
         for (i, pack) in next_set.packs().iter().enumerate() {
             let nss: Vec<Namespace> = Namespace::ALL
@@ -708,6 +766,13 @@ impl Repo {
             };
             reopened.push((pack, nss));
         }
+        let end = w.journal.append(&record)?;
+        crate::fault::point("compact-journaled");
+        w.state.apply(&record, end);
+        let rid = self.record().id;
+        if let Err(e) = self.index.apply(&rid, &record, &w.state.catalog) {
+            tracing::warn!(error = %e, "index update failed; it will be rebuilt from the journal");
+        }
         let packs =
             Arc::new(PackSet::new(reopened).with_generation(current.packs.generation() + 1));
         self.publish(View::new(
@@ -719,15 +784,16 @@ impl Repo {
         for wr in &written {
             let _ = std::fs::remove_file(pack_dir.join(format!("{}.keep", wr.pack.name())));
         }
-        for name in &removed {
+        for name in removed.iter().filter(|n| !same.contains(n)) {
             for ext in ["pack", "idx", REPLACED] {
                 let _ = std::fs::remove_file(pack_dir.join(format!("{name}.{ext}")));
             }
         }
         let _ = fsutil::fsync_dir(&pack_dir);
-        drop(w);
         stats.packs_after = packs.packs().len();
+        // Queued under the writer lock, so no commit's graph extension can run before it.
         self.queue_graph(GraphJob::Rebuild { packs });
+        drop(w);
         stats.packs_written = written.len();
         stats.packs_merged = removed.len();
         stats.closed = closed
