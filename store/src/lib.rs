@@ -11,9 +11,10 @@
 //! <data>/repos/<id>/record.json        the repository record (atomically replaced), with the
 //!                                      sealed upstream credential
 //! <data>/repos/<id>/refs.journal       append-only, fsynced ref transactions: refs + pack catalog
-//! <data>/repos/<id>/objects/pack/      standard git packs (pack-<hex>.pack + .idx)
+//! <data>/repos/<id>/objects/pack/      standard git packs (pack-<hex>.pack + .idx; `.keep` /
+//!                                      `.replaced` markers while a compaction swaps packs)
 //! <data>/repos/<id>/objects/info/commit-graphs/   git commit-graph chain, one layer per pack
-//! <data>/repos/<id>/tmp/               quarantines of packs being received
+//! <data>/repos/<id>/tmp/               quarantines of packs being received, compactions being written
 //! ```
 //!
 //! `<id>` is generated (`r` + 16 hex digits); repository names never become paths.
