@@ -72,6 +72,17 @@ impl Histogram {
         self.count += 1;
         self.sum += secs;
     }
+
+    /// The histogram `name` in the text format.
+    fn render(&self, w: &mut String, name: &str, help: &str) {
+        header(w, name, "histogram", help);
+        for (bound, n) in PACK_BUCKETS.iter().zip(self.buckets.iter()) {
+            let _ = writeln!(w, "{name}_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(w, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(w, "{name}_sum {}", self.sum);
+        let _ = writeln!(w, "{name}_count {}", self.count);
+    }
 }
 
 /// The registry.
@@ -291,28 +302,11 @@ impl Metrics {
                 "codestorage_http_response_bytes_total{{route=\"{route}\"}} {n}"
             );
         }
-        header(
+        lock(&self.pack_seconds).render(
             w,
             "codestorage_pack_generation_seconds",
-            "histogram",
             "Time to generate and stream one pack to a client (upload-pack).",
         );
-        {
-            let h = lock(&self.pack_seconds);
-            for (bound, n) in PACK_BUCKETS.iter().zip(h.buckets.iter()) {
-                let _ = writeln!(
-                    w,
-                    "codestorage_pack_generation_seconds_bucket{{le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                w,
-                "codestorage_pack_generation_seconds_bucket{{le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(w, "codestorage_pack_generation_seconds_sum {}", h.sum);
-            let _ = writeln!(w, "codestorage_pack_generation_seconds_count {}", h.count);
-        }
         header(
             w,
             "codestorage_packs_generated_total",
@@ -409,28 +403,11 @@ impl Metrics {
                 "codestorage_compactions_total{{mode=\"{mode}\",outcome=\"{outcome}\"}} {n}"
             );
         }
-        header(
+        lock(&self.compaction_seconds).render(
             w,
             "codestorage_compaction_seconds",
-            "histogram",
             "Wall time of one compaction that did something.",
         );
-        {
-            let h = lock(&self.compaction_seconds);
-            for (bound, n) in PACK_BUCKETS.iter().zip(h.buckets.iter()) {
-                let _ = writeln!(
-                    w,
-                    "codestorage_compaction_seconds_bucket{{le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                w,
-                "codestorage_compaction_seconds_bucket{{le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(w, "codestorage_compaction_seconds_sum {}", h.sum);
-            let _ = writeln!(w, "codestorage_compaction_seconds_count {}", h.count);
-        }
         header(
             w,
             "codestorage_compaction_pruned_objects_total",

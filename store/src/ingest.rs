@@ -229,15 +229,7 @@ impl Quarantine {
             _ => StoreError::git("index received pack")(e),
         })?;
         crate::fault::point("ingest-pack-written");
-        let data_path = outcome
-            .data_path
-            .ok_or_else(|| StoreError::Invalid("indexing produced no pack file".into()))?;
-        let name = data_path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .ok_or_else(|| StoreError::Invalid("pack file has no name".into()))?
-            .to_owned();
-        let pack = Arc::new(Pack::open(&dir, &name)?);
+        let pack = Arc::new(Pack::open_written(&dir, outcome.data_path)?);
         guard.0 = None;
         Ok(Quarantine {
             dir,

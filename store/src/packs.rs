@@ -52,6 +52,17 @@ impl Pack {
         })
     }
 
+    /// Open the pack gix just wrote into `dir` (`data_path`: the `.pack` it reports).
+    pub(crate) fn open_written(dir: &Path, data_path: Option<PathBuf>) -> Result<Pack> {
+        let data_path = data_path
+            .ok_or_else(|| StoreError::Invalid("indexing produced no pack file".into()))?;
+        let name = data_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| StoreError::Invalid("pack file has no name".into()))?;
+        Pack::open(dir, name)
+    }
+
     /// The file stem, `pack-<hex>`.
     pub fn name(&self) -> &str {
         &self.name

@@ -11,7 +11,7 @@ use codestorage_store::{
     CompactOptions, Expect, IngestOptions, Namespace, RefError, RefUpdate, RefValue, RepoName,
     Store, Transaction,
 };
-use common::{Fixture, git, ingest, oid};
+use common::{Fixture, git, ingest, ingest_as, oid};
 
 fn full() -> CompactOptions {
     CompactOptions {
@@ -19,6 +19,18 @@ fn full() -> CompactOptions {
         prune_grace: std::time::Duration::ZERO,
         max_rate: None,
     }
+}
+
+/// A fixture, and a store (in a temporary directory, at `root`) with an empty repository `r`.
+fn store_with_repo() -> (Fixture, tempfile::TempDir, std::path::PathBuf, Store) {
+    let f = Fixture::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("data");
+    let store = Store::open(&root).expect("open");
+    store
+        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
+        .expect("create");
+    (f, tmp, root, store)
 }
 
 fn move_main(store: &Store, from: &str, to: &str) {
@@ -41,13 +53,7 @@ fn move_main(store: &Store, from: &str, to: &str) {
 
 #[test]
 fn a_full_compaction_prunes_the_unreachable_and_survives_a_reopen() {
-    let f = Fixture::new();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().join("data");
-    let store = Store::open(&root).expect("open");
-    store
-        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
-        .expect("create");
+    let (f, _tmp, root, store) = store_with_repo();
     let a = f.commits(3, "a");
     ingest(&store, "r", &f.pack(&a, None), &a, None);
     let b = f.commits(3, "b");
@@ -170,50 +176,22 @@ fn pack_files(dir: &std::path::Path) -> usize {
         .count()
 }
 
-/// Ingest `pack` (complete) into the ephemeral namespace as `refs/heads/<branch>` at `tip`.
-fn ingest_ephemeral(store: &Store, pack: &[u8], branch: &str, tip: &str) {
-    let repo = store.repo("r").expect("repo");
-    let interrupt = AtomicBool::new(false);
-    let mut q = repo
-        .receive_pack(
-            &mut BufReader::new(pack),
-            IngestOptions::default(),
-            &interrupt,
-        )
-        .expect("ingest")
-        .expect("a pack with objects");
-    q.verify(repo.view().packs.clone(), Namespace::Ephemeral, &[oid(tip)])
-        .expect("verify");
-    let out = repo
-        .commit(Transaction {
-            ns: Namespace::Ephemeral,
-            updates: vec![RefUpdate {
-                name: format!("refs/heads/{branch}"),
-                expect: Expect::Absent,
-                new: Some(RefValue::Direct(oid(tip))),
-            }],
-            who: "test".into(),
-            atomic: true,
-            quarantine: Some(q),
-        })
-        .expect("commit");
-    assert!(out.results.iter().all(|r| r.is_ok()), "{:?}", out.results);
-}
-
 #[test]
 fn repeated_full_compactions_never_delete_a_pack_they_rewrote_byte_for_byte() {
-    let f = Fixture::new();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().join("data");
-    let store = Store::open(&root).expect("open");
-    store
-        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
-        .expect("create");
+    let (f, _tmp, root, store) = store_with_repo();
     let a = f.commits(3, "a");
     ingest(&store, "r", &f.pack(&a, None), &a, None);
     // An ephemeral branch on top: two namespace groups (both namespaces; ephemeral only).
     let b = f.commits(3, "b");
-    ingest_ephemeral(&store, &f.pack(&b, None), "topic", &b);
+    ingest_as(
+        &store,
+        "r",
+        Namespace::Ephemeral,
+        "refs/heads/topic",
+        &f.pack(&b, None),
+        &b,
+        None,
+    );
     let repo = store.repo("r").expect("repo");
     let stop = AtomicBool::new(false);
     let first = repo.compact(&full(), &stop).expect("compact");
@@ -259,13 +237,7 @@ fn repeated_full_compactions_never_delete_a_pack_they_rewrote_byte_for_byte() {
 
 #[test]
 fn a_ref_moved_onto_pruned_history_during_a_compaction_abandons_it() {
-    let f = Fixture::new();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().join("data");
-    let store = Store::open(&root).expect("open");
-    store
-        .create_repo(&RepoName::new("r").expect("name"), "main", None, None)
-        .expect("create");
+    let (f, _tmp, root, store) = store_with_repo();
     let a = f.commits(3, "a");
     ingest(&store, "r", &f.pack(&a, None), &a, None);
     let b = f.commits(2, "b");

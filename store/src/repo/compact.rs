@@ -530,22 +530,16 @@ impl Repo {
         )
         .map_err(StoreError::git("index compacted pack"))?;
         let _ = std::fs::remove_file(&raw);
-        let data_path = outcome
-            .data_path
-            .ok_or_else(|| StoreError::Invalid("indexing produced no pack file".into()))?;
-        let name = data_path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .ok_or_else(|| StoreError::Invalid("pack file has no name".into()))?
-            .to_owned();
-        let pack = Arc::new(Pack::open(&dir, &name)?);
+        let pack = Arc::new(Pack::open_written(&dir, outcome.data_path)?);
         if u64::from(pack.num_objects()) != expected {
             return Err(StoreError::Invalid(format!(
                 "compacted pack holds {} objects, {expected} were written",
                 pack.num_objects()
             )));
         }
-        stats.bytes_written += std::fs::metadata(&data_path).map(|m| m.len()).unwrap_or(0);
+        stats.bytes_written += std::fs::metadata(pack.data_path())
+            .map(|m| m.len())
+            .unwrap_or(0);
         Ok(Written {
             dir,
             pack,

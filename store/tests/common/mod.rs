@@ -113,6 +113,27 @@ pub fn oid(hex: &str) -> ObjectId {
 }
 
 pub fn ingest(store: &Store, name: &str, pack: &[u8], tip: &str, old: Option<&str>) {
+    ingest_as(
+        store,
+        name,
+        Namespace::Default,
+        "refs/heads/main",
+        pack,
+        tip,
+        old,
+    );
+}
+
+/// Receive `pack`, verify it for `ns` and move `refname` there from `old` (absent) to `tip`.
+pub fn ingest_as(
+    store: &Store,
+    name: &str,
+    ns: Namespace,
+    refname: &str,
+    pack: &[u8],
+    tip: &str,
+    old: Option<&str>,
+) {
     let repo = store.repo(name).expect("repo");
     let interrupt = AtomicBool::new(false);
     let mut q = repo
@@ -123,13 +144,13 @@ pub fn ingest(store: &Store, name: &str, pack: &[u8], tip: &str, old: Option<&st
         )
         .expect("ingest")
         .expect("a pack with objects");
-    q.verify(repo.view().packs.clone(), Namespace::Default, &[oid(tip)])
+    q.verify(repo.view().packs.clone(), ns, &[oid(tip)])
         .expect("verify");
     let out = repo
         .commit(Transaction {
-            ns: Namespace::Default,
+            ns,
             updates: vec![RefUpdate {
-                name: "refs/heads/main".into(),
+                name: refname.into(),
                 expect: old.map_or(Expect::Absent, |o| Expect::Value(RefValue::Direct(oid(o)))),
                 new: Some(RefValue::Direct(oid(tip))),
             }],
