@@ -3,14 +3,19 @@
 //! (`serve --maintain-interval`).
 //!
 //! A repository is compacted under its sync lock, so a compaction never runs while the same
-//! repository syncs or moves refs for a forwarded push (those wait; the background task skips a
-//! busy repository instead), on a blocking thread, one repository at a time, with its writes
-//! capped at `--maintain-max-rate` bytes per second. The background task runs geometric
+//! repository syncs or moves refs for a forwarded push or a REST call; and it does not make them
+//! wait either: as soon as one asks for the lock, the compaction stops, cleans up and gives the
+//! lock up. The background task then leaves the repository to its next pass (and skips a busy
+//! one); an explicit `maintain` waits its turn and starts again, and after [`YIELDS`] such
+//! restarts it keeps the lock to the end (the operator asked for it: syncs and pushes of that
+//! repository then wait for it, rather than starving it). It runs on a blocking thread,
+//! one repository at a time, with its writes capped at `--maintain-max-rate` bytes per second. The background task runs geometric
 //! compactions (no pruning) and, at most once per [`FULL_EVERY`] per repository, a full one
 //! (with pruning) where a namespace is no longer the exact closure of its refs: that is where
 //! unreachable objects come from (force-pushes, deleted and expired refs).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +37,12 @@ const MIN_PACKS: usize = 4;
 
 /// Runs of the explicit route when a compaction was abandoned because refs moved meanwhile.
 const RETRIES: usize = 3;
+
+/// Times an explicit compaction gives way to a sync or push before it keeps the lock.
+pub const YIELDS: usize = 3;
+
+/// How often a running compaction looks whether someone waits for the repository's lock.
+const CONTENTION_POLL: Duration = Duration::from_millis(20);
 
 /// Maintenance settings (`serve --maintain-interval`, `--prune-grace`, `--maintain-max-rate`).
 #[derive(Debug, Clone)]
@@ -91,31 +102,58 @@ pub async fn compact_repo(
 ) -> Result<Option<CompactStats>, MaintainError> {
     let name = repo.record().name;
     let lock = app.sync.repo_lock(&name);
-    let _guard = if wait {
-        lock.lock_owned().await
-    } else {
-        match lock.try_lock_owned() {
-            Ok(g) => g,
-            Err(_) => {
-                tracing::debug!(repo = %name, "busy syncing; compaction skipped");
-                return Ok(None);
-            }
-        }
-    };
     let mut attempts = 0;
+    let mut yields = 0;
     loop {
+        let guard = if wait {
+            lock.lock_owned().await
+        } else {
+            match lock.try_lock_owned() {
+                Ok(g) => g,
+                Err(_) => {
+                    tracing::debug!(repo = %name, "busy syncing; compaction skipped");
+                    return Ok(None);
+                }
+            }
+        };
         attempts += 1;
         let opts = options(app, full);
-        let interrupt = app.interrupt.clone();
+        // Stopped at shutdown, or (unless it gave way often enough) as soon as a sync or push
+        // waits for the lock.
+        let stop = Arc::new(AtomicBool::new(false));
+        let may_yield = !wait || yields < YIELDS;
+        let watcher = tokio::spawn({
+            let (stop, lock, shutdown) = (stop.clone(), lock.clone(), app.interrupt.clone());
+            async move {
+                while !((may_yield && lock.contended()) || shutdown.load(Ordering::Relaxed)) {
+                    tokio::time::sleep(CONTENTION_POLL).await;
+                }
+                stop.store(true, Ordering::Release);
+            }
+        });
         let r = repo.clone();
         let span = tracing::info_span!("compact", repo = %name, full);
+        let flag = stop.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let _s = span.enter();
-            r.compact(&opts, &interrupt)
+            r.compact(&opts, &flag)
         })
-        .await
-        .map_err(|_| MaintainError::Worker(name.clone()))?;
+        .await;
+        watcher.abort();
+        drop(guard);
+        let outcome = outcome.map_err(|_| MaintainError::Worker(name.clone()))?;
+        let gave_way = stop.load(Ordering::Acquire) && !app.interrupt.load(Ordering::Relaxed);
         let stats = match outcome {
+            Err(_) if gave_way => {
+                crate::metrics::global().compaction_yielded(full);
+                tracing::info!(repo = %name, "compaction gave way to a sync or push");
+                yields += 1;
+                if !wait {
+                    return Ok(None);
+                }
+                attempts -= 1;
+                continue;
+            }
             Ok(s) => s,
             Err(source) => {
                 crate::metrics::global().compaction_finished(full, None);

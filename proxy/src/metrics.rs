@@ -263,6 +263,14 @@ impl Metrics {
         }
     }
 
+    /// A compaction stopped to let a sync or push have the repository's lock.
+    pub fn compaction_yielded(&self, full: bool) {
+        let mode = if full { "full" } else { "geometric" };
+        *lock(&self.compactions)
+            .entry((mode, "yielded"))
+            .or_default() += 1;
+    }
+
     /// The server is shutting down: `/readyz` answers 503 from now on.
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);

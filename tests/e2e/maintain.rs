@@ -612,3 +612,59 @@ fn a_backup_of_a_compacted_store_restores_and_serves_the_same_refs_and_objects()
         out.describe()
     );
 }
+
+#[test]
+fn a_slow_compaction_gives_way_to_a_forwarded_push_and_then_completes() {
+    // 1 MiB of incompressible content written at 64 KiB/s: a compaction of about 16 s.
+    let (w, seed) = World::seeded_mirror_with(
+        "team/yield",
+        Server::builder()
+            .sync_interval(3600)
+            .arg("--maintain-max-rate")
+            .arg("65536")
+            .arg("--maintain-interval")
+            .arg("0"),
+    );
+    w.git.commit_file(
+        &seed.work,
+        "big.bin",
+        pseudo_random_bytes(1 << 20, 11),
+        "big",
+    );
+    seed.publish(&w.git);
+    w.server.sync_now(&seed.name);
+    let work = w.git.unique_path("pusher");
+    w.git.clone(&w.server.git_url("team/yield"), &work, &["-q"]);
+    let started = std::time::Instant::now();
+    let (answer, push_took) = std::thread::scope(|s| {
+        let compaction = s.spawn(|| maintain(&w.server, &["--full", "--repo", "team/yield"]));
+        std::thread::sleep(Duration::from_secs(2));
+        w.git
+            .commit_file(&work, "note.txt", "pushed\n", "during maintenance");
+        let t = std::time::Instant::now();
+        w.git.push(&work, &["-q", "origin", "HEAD:refs/heads/main"]);
+        let push_took = t.elapsed();
+        (compaction.join().expect("maintain"), push_took)
+    });
+    assert!(
+        push_took < Duration::from_secs(8),
+        "the push waited {push_took:?} for a compaction (started {:?} ago)",
+        started.elapsed()
+    );
+    assert!(
+        metric(
+            &w.server,
+            r#"codestorage_compactions_total{mode="full",outcome="yielded"}"#
+        ) >= 1.0,
+        "the compaction gave way"
+    );
+    assert_eq!(entry(&answer, "team/yield")["packs_after"], 1, "{answer}");
+    let tip = w.git.rev_parse(&work, "HEAD");
+    assert_eq!(
+        w.git.rev_parse(&seed.bare, "refs/heads/main"),
+        tip,
+        "upstream has it"
+    );
+    let served = served(&w, "team/yield");
+    assert_eq!(served.get("refs/heads/main"), Some(&tip), "and we serve it");
+}

@@ -75,9 +75,66 @@ struct Slot {
     /// (runs finished, error of the last one): what `sync_wait` waits on.
     finished: Option<tokio::sync::watch::Sender<(u64, Option<String>)>>,
     /// Held by a sync run and by a forwarded push while it moves local refs.
-    lock: Arc<tokio::sync::Mutex<()>>,
+    lock: Arc<RepoLock>,
     /// The progress of the fetch under way.
     progress: Option<Arc<fetch::Progress>>,
+}
+
+/// A repository's sync lock: held by a sync run, by a forwarded push or a REST ref change while
+/// it moves local refs, and by a compaction. It counts who is waiting for it, so that a
+/// compaction (which holds it longest) can give way instead of making a push wait.
+#[derive(Debug, Default)]
+pub struct RepoLock {
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one waiter while alive.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl RepoLock {
+    /// Wait for the lock.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        let _w = Waiting::new(&self.waiting);
+        self.mutex.lock().await
+    }
+
+    /// Wait for the lock from a blocking thread.
+    pub fn blocking_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        let _w = Waiting::new(&self.waiting);
+        self.mutex.blocking_lock()
+    }
+
+    /// Wait for the lock, as a guard that owns its lock.
+    pub async fn lock_owned(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        let _w = Waiting::new(&self.waiting);
+        self.mutex.clone().lock_owned().await
+    }
+
+    /// The lock if it is free now.
+    pub fn try_lock_owned(
+        &self,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, tokio::sync::TryLockError> {
+        self.mutex.clone().try_lock_owned()
+    }
+
+    /// Whether someone is waiting for the lock.
+    pub fn contended(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
 }
 
 impl Slot {
@@ -405,7 +462,7 @@ impl SyncManager {
         &self,
         repo: &Arc<Repo>,
         host: &str,
-        lock: &tokio::sync::Mutex<()>,
+        lock: &RepoLock,
     ) -> (Result<fetch::Fetched, String>, Option<Instant>) {
         let host_slots = self.hosts.slots(host);
         let _host_permit = host_slots.acquire().await;
@@ -465,7 +522,7 @@ impl SyncManager {
     }
 
     /// The lock a sync run holds; a forwarded push takes it to move local refs.
-    pub fn repo_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn repo_lock(&self, name: &str) -> Arc<RepoLock> {
         self.slots()
             .entry(name.to_owned())
             .or_default()

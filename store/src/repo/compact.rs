@@ -161,16 +161,21 @@ pub fn geometric_split(counts: &[u64]) -> Vec<usize> {
     order[..split].to_vec()
 }
 
-/// A writer that keeps its average rate under a cap by sleeping.
-struct Throttled<W> {
+/// A writer that keeps its average rate under a cap by sleeping, and stops when interrupted.
+struct Throttled<'a, W> {
     inner: W,
     max_rate: Option<u64>,
     started: Instant,
     written: u64,
+    interrupt: &'a AtomicBool,
 }
 
-impl<W: Write> Write for Throttled<W> {
+impl<W: Write> Write for Throttled<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+            // Not `ErrorKind::Interrupted`: `write_all` would retry that forever.
+            return Err(std::io::Error::other("compaction interrupted"));
+        }
         let n = self.inner.write(buf)?;
         self.written += n as u64;
         if let Some(rate) = self.max_rate.filter(|r| *r > 0) {
@@ -489,6 +494,7 @@ impl Repo {
                 max_rate: opts.max_rate,
                 started: Instant::now(),
                 written: 0,
+                interrupt,
             };
             let s = packout::write_pack(
                 source,
