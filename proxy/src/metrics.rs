@@ -327,27 +327,17 @@ impl Metrics {
                 "codestorage_packs_generated_total{{path=\"{path}\"}} {n}"
             );
         }
-        header(
+        counter(
             w,
             "codestorage_pack_objects_total",
-            "counter",
             "Objects sent in generated packs.",
+            self.pack_objects.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            w,
-            "codestorage_pack_objects_total {}",
-            self.pack_objects.load(Ordering::Relaxed)
-        );
-        header(
+        counter(
             w,
             "codestorage_pack_bytes_total",
-            "counter",
             "Bytes of generated packs.",
-        );
-        let _ = writeln!(
-            w,
-            "codestorage_pack_bytes_total {}",
-            self.pack_bytes.load(Ordering::Relaxed)
+            self.pack_bytes.load(Ordering::Relaxed),
         );
         self.render_sync(w, app);
         self.render_compactions(w);
@@ -416,27 +406,17 @@ impl Metrics {
             "codestorage_compaction_seconds",
             "Wall time of one compaction that did something.",
         );
-        header(
+        counter(
             w,
             "codestorage_compaction_pruned_objects_total",
-            "counter",
             "Unreachable objects dropped by compactions.",
+            self.compaction_pruned.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            w,
-            "codestorage_compaction_pruned_objects_total {}",
-            self.compaction_pruned.load(Ordering::Relaxed)
-        );
-        header(
+        counter(
             w,
             "codestorage_compaction_bytes_freed_total",
-            "counter",
             "Pack bytes compactions freed (merged minus written).",
-        );
-        let _ = writeln!(
-            w,
-            "codestorage_compaction_bytes_freed_total {}",
-            self.compaction_bytes_freed.load(Ordering::Relaxed)
+            self.compaction_bytes_freed.load(Ordering::Relaxed),
         );
     }
 
@@ -528,6 +508,12 @@ impl Metrics {
             );
         }
     }
+}
+
+/// A counter without labels.
+fn counter(w: &mut String, name: &str, help: &str, value: u64) {
+    header(w, name, "counter", help);
+    let _ = writeln!(w, "{name} {value}");
 }
 
 fn header(w: &mut String, name: &str, kind: &str, help: &str) {
