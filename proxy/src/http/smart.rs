@@ -234,14 +234,12 @@ async fn upload_pack(
     let interrupt = app.interrupt.clone();
     let record = repo.record();
     let name = record.name;
-    // The permit travels with the request: to the shared generator if this request leads one,
-    // back to the queue at once if it only reads another's.
     let share = upload_pack::Share {
         herd: app.herd.clone(),
         repo: record.id,
-        slot: std::sync::Mutex::new(Some(Box::new(permit))),
     };
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let _span = tracing::info_span!("upload-pack", repo = %name, ns = %ns, v2).entered();
         let ctx = Context {
             view,

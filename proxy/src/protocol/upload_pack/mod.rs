@@ -21,8 +21,8 @@ pub mod v0;
 pub mod v2;
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 
 use codestorage_store::walk::unreachable_wants;
 use codestorage_store::{Namespace, ObjectId, StoreError, View};
@@ -53,16 +53,6 @@ pub struct Share {
     pub herd: Arc<herd::Herd>,
     /// The repository's id (names can be reused; ids cannot).
     pub repo: String,
-    /// Held while this request may generate a pack (a pack-generation permit): handed to the
-    /// generator when this request leads, released at once when it follows.
-    pub slot: Mutex<Option<Box<dyn Send>>>,
-}
-
-impl Share {
-    /// Take the slot (once).
-    pub fn take_slot(&self) -> Option<Box<dyn Send>> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
 }
 
 /// Why a request failed.

@@ -122,8 +122,8 @@ pub fn prepare(
     match share.herd.join(key) {
         None => Ok(Job::Own(select(ctx, req, common, plan)?)),
         Some(Joined::Follower(reader)) => {
-            // A follower generates nothing: its pack-generation slot goes back at once.
-            drop(share.take_slot());
+            // A follower keeps its pack-generation slot while it streams, as every request
+            // does: the slots bound how many packs stream at once, and the memory that takes.
             Ok(Job::Shared {
                 reader,
                 leader: false,
@@ -137,7 +137,6 @@ pub fn prepare(
                 req: req.clone(),
                 common: common.to_vec(),
                 plan: plan.clone(),
-                slot: share.take_slot(),
             };
             let spawned = std::thread::Builder::new()
                 .name("pack-generation".into())
@@ -212,13 +211,10 @@ struct Work {
     req: Fetch,
     common: Vec<ObjectId>,
     plan: ShallowPlan,
-    /// The pack-generation slot, released when generation ends.
-    slot: Option<Box<dyn Send>>,
 }
 
 impl Work {
     fn run(self, mut generator: Generator) {
-        let _slot = self.slot;
         let start = Instant::now();
         let cancelled = generator.cancelled();
         let ctx = Context {
