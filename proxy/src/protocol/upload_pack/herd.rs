@@ -150,8 +150,9 @@ impl Herd {
         ))
     }
 
-    /// Spools alive now (tests, metrics).
-    pub fn live(&self) -> usize {
+    /// Spools alive now.
+    #[cfg(test)]
+    fn live(&self) -> usize {
         lock(&self.spools)
             .values()
             .filter(|w| w.strong_count() > 0)

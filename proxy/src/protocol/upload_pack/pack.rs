@@ -99,8 +99,6 @@ pub enum Job {
         reader: Reader,
         /// Whether this request started the generation.
         leader: bool,
-        /// What to select again if the shared generation fails before sending anything.
-        retry: Box<(Vec<ObjectId>, ShallowPlan)>,
     },
 }
 
@@ -127,7 +125,6 @@ pub fn prepare(
             Ok(Job::Shared {
                 reader,
                 leader: false,
-                retry: Box::new((common.to_vec(), plan.clone())),
             })
         }
         Some(Joined::Leader(reader, generator)) => {
@@ -151,7 +148,6 @@ pub fn prepare(
                 Ok(_) => Ok(Job::Shared {
                     reader,
                     leader: true,
-                    retry: Box::new((common.to_vec(), plan.clone())),
                 }),
                 Err(e) => {
                     tracing::warn!(error = %e, "no pack-generation thread; generating unshared");
@@ -289,20 +285,19 @@ fn write(
     })
 }
 
-/// Stream the pack of `job` through `out` (sideband framing already set up).
+/// Stream the pack of `job` through `out` (sideband framing already set up). `common` and
+/// `plan` are what [`prepare`] had: a shared generation that fails before this client got
+/// anything is selected again from them.
 pub fn send<W: Write>(
     ctx: &Context<'_>,
     req: &Fetch,
+    (common, plan): (&[ObjectId], &ShallowPlan),
     job: Job,
     out: &mut SidebandWriter<W>,
 ) -> Result<PackStats, Error> {
     match job {
         Job::Own(chosen) => send_own(ctx, req, chosen, out),
-        Job::Shared {
-            reader,
-            leader,
-            retry,
-        } => {
+        Job::Shared { reader, leader } => {
             if let Some(notice) = &ctx.notice {
                 out.warning(&format!("{notice}\n"))?;
             }
@@ -317,8 +312,7 @@ pub fn send<W: Write>(
                     // cannot be written, e.g. on a full disk, must not stop reads).
                     tracing::warn!(error = %message, "shared pack generation failed; generating unshared");
                     drop(reader);
-                    let (common, plan) = *retry;
-                    let chosen = select(ctx, req, &common, &plan)?;
+                    let chosen = select(ctx, req, common, plan)?;
                     let ctx = Context {
                         view: ctx.view.clone(),
                         ns: ctx.ns,

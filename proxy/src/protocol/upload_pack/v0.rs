@@ -156,7 +156,7 @@ fn serve_inner(ctx: &Context<'_>, body: &[u8], out: &mut dyn Write) -> Result<()
     out.write_all(&head)?;
     let max = req.sideband.max_payload();
     let mut sb = SidebandWriter::new(&mut *out, max, !req.no_progress);
-    if let Err(e) = pack::send(ctx, &req, job, &mut sb) {
+    if let Err(e) = pack::send(ctx, &req, (&negotiation.common, &plan), job, &mut sb) {
         if !matches!(e, Error::Io(_)) {
             let _ = sb.error(&e.to_string());
         }

@@ -129,7 +129,7 @@ fn fetch(ctx: &Context<'_>, req: &Fetch, out: &mut dyn Write) -> Result<(), Erro
         Some(pktline::MAX_SIDEBAND_DATA),
         !req.no_progress,
     );
-    match pack::send(ctx, req, job, &mut sb) {
+    match pack::send(ctx, req, (&negotiation.common, &plan), job, &mut sb) {
         Ok(_) => {}
         Err(e) => {
             if !matches!(e, Error::Io(_)) {
