@@ -122,18 +122,31 @@ fn parse_run(args: &[String]) -> Result<RunArgs> {
     Ok(out)
 }
 
+/// The count that follows option `arg`.
+fn count_after(it: &mut std::slice::Iter<'_, String>, arg: &str) -> Result<usize> {
+    parse_count(
+        &it.next()
+            .cloned()
+            .with_context(|| format!("{arg} needs a value\n{USAGE}"))?,
+    )
+}
+
+/// The directory of this executable (where the workspace binaries are) and the target dir.
+fn bin_and_target() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let bin_dir = exe.parent().context("executable has no directory")?;
+    let target = bin_dir
+        .parent()
+        .context("executable is not in a target dir")?;
+    Ok((bin_dir.to_owned(), target.to_owned()))
+}
+
 /// `load`: parse its options, find the binaries and the cached `small` repo, run it.
 fn run_load(args: &[String]) -> Result<()> {
     let mut opts = load::LoadArgs::default();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = || -> Result<usize> {
-            parse_count(
-                &it.next()
-                    .cloned()
-                    .with_context(|| format!("{arg} needs a value\n{USAGE}"))?,
-            )
-        };
+        let mut value = || count_after(&mut it, arg);
         match arg.as_str() {
             "--clones" => opts.clones = value()?,
             "--pushes" => opts.pushes = value()?,
@@ -145,11 +158,8 @@ fn run_load(args: &[String]) -> Result<()> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let bin_dir = exe.parent().context("executable has no directory")?;
-    let target = bin_dir
-        .parent()
-        .context("executable is not in a target dir")?;
+    let (bin_dir, target) = bin_and_target()?;
+    let (bin_dir, target) = (bin_dir.as_path(), target.as_path());
     let codestorage = bin_dir.join("codestorage");
     if !codestorage.exists() {
         bail!(
@@ -175,13 +185,7 @@ fn run_compaction(args: &[String]) -> Result<()> {
     let mut opts = compaction::CompactionArgs::default();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = || -> Result<usize> {
-            parse_count(
-                &it.next()
-                    .cloned()
-                    .with_context(|| format!("{arg} needs a value\n{USAGE}"))?,
-            )
-        };
+        let mut value = || count_after(&mut it, arg);
         match arg.as_str() {
             "--syncs" => opts.syncs = value()?,
             "--force-pushes" => opts.force_pushes = value()?,
@@ -190,11 +194,8 @@ fn run_compaction(args: &[String]) -> Result<()> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let bin_dir = exe.parent().context("executable has no directory")?;
-    let target = bin_dir
-        .parent()
-        .context("executable is not in a target dir")?;
+    let (bin_dir, target) = bin_and_target()?;
+    let (bin_dir, target) = (bin_dir.as_path(), target.as_path());
     let (codestorage, cgi) = (bin_dir.join("codestorage"), bin_dir.join("git-cgi-server"));
     for tool in [&codestorage, &cgi] {
         if !tool.exists() {
@@ -265,11 +266,8 @@ fn check_bare_repo(path: &Path) -> Result<PathBuf> {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let bin_dir = exe.parent().context("executable has no directory")?;
-    let target = bin_dir
-        .parent()
-        .context("executable is not in a target dir")?;
+    let (bin_dir, target) = bin_and_target()?;
+    let (bin_dir, target) = (bin_dir.as_path(), target.as_path());
     let tools = Tools {
         codestorage: bin_dir.join("codestorage"),
         cgi_server: bin_dir.join("git-cgi-server"),
